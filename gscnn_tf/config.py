@@ -1,0 +1,268 @@
+"""Typed experiment configuration: dataclasses loaded from YAML, overridable from the CLI.
+
+Modelled on TF Model Garden's configs: one dataclass per concern, nested in
+``ExperimentConfig``. YAML files under ``configs/`` hold only the fields that differ
+from the defaults below. Overrides use dotted paths::
+
+    cfg = load_config("configs/cpu_demo.yaml", overrides=["train.batch_size=4",
+                                                          "model.backbone=resnet50"])
+
+Unknown keys are errors (a typo must not silently train the wrong model).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+from gscnn_tf.utils.atomic import atomic_write_text
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed (unknown key, wrong type, bad value)."""
+
+
+@dataclass
+class ModelConfig:
+    """The network: regular stream, shape stream and fusion (REFERENCE.md section 1)."""
+
+    backbone: str = "resnet50"  # resnet50 | resnet101 | mobilenetv2
+    output_stride: int = 8  # 8 (paper) or 16
+    pretrained: Optional[str] = None  # None | "imagenet" | path to a Keras weights file
+    num_classes: int = 19
+    mobilenet_alpha: float = 1.0  # width multiplier of the MobileNetV2 backbone
+    # Ablations (paper Table 4): shape_stream=False is the DeepLabV3+ baseline.
+    shape_stream: bool = True
+    gated: bool = True  # False: shape stream without GCL gates
+    canny: bool = True  # False: no image-gradient input to the fusion
+    canny_low: float = 10.0  # official code: cv2.Canny(img, 10, 100)
+    canny_high: float = 100.0
+    aspp_filters: int = 256
+    decoder_filters: int = 256
+    low_level_filters: int = 48
+    # "auto": synchronized BatchNorm when a tf.distribute strategy is active at build time.
+    sync_batchnorm: Any = "auto"  # "auto" | True | False
+
+
+@dataclass
+class LossConfig:
+    """Loss weights and hyper-parameters (paper section 3.3-3.4)."""
+
+    edge_weight: float = 20.0  # lambda_1, class-balanced edge BCE
+    seg_weight: float = 1.0  # lambda_2, segmentation cross-entropy
+    dual_task_weight: float = 1.0  # lambda_3, L_reg-> (boundary consistency)
+    attention_weight: float = 1.0  # lambda_4, L_reg<- (CE on confident edge pixels)
+    attention_threshold: float = 0.8
+    gumbel_tau: float = 1.0  # paper: 1.0; official code: 0.5
+    dual_task_sigma: float = 1.0  # Gaussian smoothing before the spatial gradient
+    boundary_radius: float = 2.0  # GT boundary: pixels within this distance of a class border
+    ignore_label: int = 255
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and how it is augmented (REFERENCE.md sections 3 and 5)."""
+
+    source: str = "tfrecord"  # tfrecord | tfds
+    train_pattern: str = ""  # glob of training shards, e.g. data/tfrecords/train_fine-*.tfrecord
+    val_pattern: str = ""
+    tfds_name: str = "cityscapes/semantic_segmentation"
+    tfds_data_dir: Optional[str] = None
+    tfds_manual_dir: Optional[str] = None
+    crop_size: list = field(default_factory=lambda: [800, 800])  # [height, width]
+    min_scale: float = 0.5
+    max_scale: float = 2.0
+    hflip: bool = True
+    color_jitter: float = 0.25
+    blur_prob: float = 0.5
+    shuffle_buffer: int = 512
+    deterministic: bool = False
+    # Evaluation images are used at full size unless eval_scale != 1 (e.g. 0.5 for quick checks).
+    eval_scale: float = 1.0
+    ignore_label: int = 255
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and the run (REFERENCE.md section 3)."""
+
+    model_dir: str = "runs/experiment"
+    batch_size: int = 16  # global batch size, split across replicas
+    epochs: int = 175
+    steps_per_epoch: Optional[int] = None  # None: one pass over the training set
+    validation_steps: Optional[int] = None
+    validation_freq: int = 1
+    optimizer: str = "sgd"
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 1.0  # lr = base * (1 - step / total) ** power, per step
+    strategy: str = "default"  # default | mirrored | multi_worker
+    num_cpu_devices: int = 0  # >0: split the CPU into N logical devices (tests, no GPU)
+    mixed_precision: bool = False
+    jit_compile: Any = "auto"  # "auto" | True | False
+    seed: Optional[int] = 0
+    backup_save_freq: Any = "epoch"  # "epoch" or a number of steps
+    image_summaries: int = 2  # images written to TensorBoard per validation
+    init_checkpoint: Optional[str] = None  # fine-tune from these weights
+
+
+@dataclass
+class EvalConfig:
+    """The paper's metrics (REFERENCE.md section 4)."""
+
+    boundary_tolerances_px: list = field(default_factory=lambda: [3, 5, 9, 12])
+    # Boundary tolerances are given at this reference resolution and scaled with the
+    # image diagonal, so a 512x1024 evaluation uses the paper's relative slack.
+    boundary_reference_size: list = field(default_factory=lambda: [1024, 2048])
+    scales: list = field(default_factory=lambda: [1.0])
+    flip: bool = False
+    distance_crop_fractions: list = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25])
+    official_eval: bool = False
+
+
+@dataclass
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Checks ``value`` against a field annotation; ints are accepted for floats."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _coerce(value, non_none[0], where)
+    if annotation in (list, "list") or origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _from_dict(cls: type, data: dict, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where or 'config'}: unknown key(s) {unknown}; known: {sorted(known)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        path = f"{where}.{name}" if where else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _from_dict(hint, value or {}, path)
+        else:
+            kwargs[name] = _coerce(value, hint, path)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """``"train.batch_size=4"`` -> ``{"train": {"batch_size": 4}}`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY.PATH=VALUE")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    nested: dict = value
+    for part in reversed(parts):
+        nested = {part: nested}
+    return nested
+
+
+def config_from_dict(data: dict) -> ExperimentConfig:
+    return _from_dict(ExperimentConfig, data, "")
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list] = None) -> ExperimentConfig:
+    """Loads a YAML experiment config (defaults where a key is absent) and applies overrides.
+
+    A YAML file may name another with ``base: other.yaml`` (relative to itself); the
+    file's own keys win over the base's.
+    """
+    data: dict = {}
+    if path:
+        data = _load_yaml_with_base(path, seen=())
+    for text in overrides or []:
+        data = _merge(data, parse_override(text))
+    return config_from_dict(data)
+
+
+def _load_yaml_with_base(path: str, seen: tuple) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: config file not found")
+    if os.path.abspath(path) in seen:
+        raise ConfigError(f"{path}: 'base' chain loops")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    base = data.pop("base", None)
+    if base:
+        base_path = os.path.join(os.path.dirname(os.path.abspath(path)), base)
+        data = _merge(_load_yaml_with_base(base_path, seen + (os.path.abspath(path),)), data)
+    return data
+
+
+def config_to_dict(cfg: ExperimentConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: ExperimentConfig, path: str) -> None:
+    """Writes the fully resolved config as YAML (atomically), so a run can be reproduced."""
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -1,0 +1,51 @@
+import pytest
+
+from gscnn_tf.config import ConfigError, ExperimentConfig, load_config, save_config
+
+
+def test_defaults_are_the_paper_recipe():
+    cfg = ExperimentConfig()
+    assert (cfg.loss.edge_weight, cfg.loss.seg_weight, cfg.loss.dual_task_weight, cfg.loss.attention_weight) == (20, 1, 1, 1)
+    assert cfg.loss.attention_threshold == 0.8
+    assert cfg.train.learning_rate == 0.01 and cfg.train.momentum == 0.9 and cfg.train.weight_decay == 1e-4
+
+
+def test_yaml_base_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("model: {backbone: resnet101}\ntrain: {batch_size: 8, epochs: 3}\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\ntrain: {epochs: 5}\n")
+    cfg = load_config(str(tmp_path / "child.yaml"), ["train.batch_size=2", "data.crop_size=[64, 96]", "model.pretrained=null"])
+    assert cfg.model.backbone == "resnet101"
+    assert (cfg.train.batch_size, cfg.train.epochs) == (2, 5)
+    assert cfg.data.crop_size == [64, 96]
+    assert cfg.model.pretrained is None
+
+
+def test_int_is_accepted_for_float_and_saved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["train.learning_rate=1"])
+    assert isinstance(cfg.train.learning_rate, float)
+    save_config(cfg, str(tmp_path / "run" / "config.yaml"))
+    assert load_config(str(tmp_path / "run" / "config.yaml")) == cfg
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.batchsize=4", "unknown key"),
+        ("train.batch_size=four", "expected an integer"),
+        ("model.shape_stream=1", "expected true/false"),
+        ("train.batch_size", "KEY.PATH=VALUE"),
+    ],
+)
+def test_bad_overrides_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(str(bad))

@@ -23,7 +23,7 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "scipy>=1.11"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "scipy>=1.11", "scikit-image>=0.22"],
     },
     entry_points={
         "console_scripts": [

@@ -32,3 +32,19 @@ def _clear_keras_session():
     import keras
 
     keras.backend.clear_session()
+
+
+def _split_cpu_into_two_logical_devices():
+    """MirroredStrategy tests need 2 devices; this must happen before TF initialises them."""
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+        )
+    except RuntimeError:  # devices already initialised (e.g. a plugin imported TF first)
+        pass
+
+
+_split_cpu_into_two_logical_devices()

@@ -1,0 +1,1 @@
+"""gscnn_tf.backbones."""

@@ -1,0 +1,79 @@
+"""Finding and loading trained models: one function every consumer (evaluate, export, predict) uses.
+
+A training run directory (``train.model_dir``) holds::
+
+    config.yaml                       the resolved ExperimentConfig
+    checkpoints/best.weights.h5       inference-model weights with the best validation mIoU
+    checkpoints/last.weights.h5       inference-model weights after the last epoch
+    model.keras                       the final inference model (architecture + weights)
+    backup/                           BackupAndRestore state (resume after a crash)
+    logs/                             TensorBoard;  training_log.csv: per-epoch metrics
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import keras
+
+from gscnn_tf.config import ExperimentConfig, load_config
+
+CONFIG_NAME = "config.yaml"
+BEST_WEIGHTS = os.path.join("checkpoints", "best.weights.h5")
+LAST_WEIGHTS = os.path.join("checkpoints", "last.weights.h5")
+FINAL_MODEL = "model.keras"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint path does not exist or is not something we can load."""
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A run directory -> its best weights, else last weights, else model.keras; files as they are."""
+    if os.path.isdir(path):
+        for name in (BEST_WEIGHTS, LAST_WEIGHTS, FINAL_MODEL):
+            candidate = os.path.join(path, name)
+            if os.path.isfile(candidate):
+                return candidate
+        raise CheckpointError(f"{path}: run directory holds no {BEST_WEIGHTS}, {LAST_WEIGHTS} or {FINAL_MODEL}")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if not (path.endswith(".keras") or path.endswith(".weights.h5")):
+        raise CheckpointError(f"{path}: expected a .keras model, a .weights.h5 file or a run directory")
+    return path
+
+
+def find_run_config(checkpoint_path: str) -> Optional[str]:
+    """config.yaml of the run a checkpoint belongs to (its directory or the one above), if any."""
+    directory = checkpoint_path if os.path.isdir(checkpoint_path) else os.path.dirname(os.path.abspath(checkpoint_path))
+    for candidate in (directory, os.path.dirname(directory)):
+        path = os.path.join(candidate, CONFIG_NAME)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def load_inference_model(path: str, config: Optional[ExperimentConfig] = None) -> tuple:
+    """Loads a trained model for inference; returns ``(keras.Model, ExperimentConfig)``.
+
+    ``config`` defaults to the run's saved config.yaml (required for weights files).
+    """
+    checkpoint = resolve_checkpoint(path)
+    if config is None:
+        config_path = find_run_config(path)
+        config = load_config(config_path) if config_path else None
+    if checkpoint.endswith(".keras"):
+        import gscnn_tf.layers  # noqa: F401  (registers the custom layers for deserialisation)
+
+        model = keras.saving.load_model(checkpoint, compile=False)
+        return model, config if config is not None else ExperimentConfig()
+    if config is None:
+        raise CheckpointError(f"{checkpoint}: weights file without a config.yaml next to it; pass --config")
+    from gscnn_tf.model import build_gscnn
+
+    model = build_gscnn(config.model)
+    try:
+        model.load_weights(checkpoint)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file name and cause
+        raise CheckpointError(f"{checkpoint}: weights do not fit the configured model ({exc})") from exc
+    return model, config

@@ -1,0 +1,84 @@
+"""The training wrapper: the inference network plus the Gated-SCNN losses, for ``model.fit``.
+
+``build_gscnn`` returns the *inference* model (image -> {seg_logits, edge}); exports and
+evaluation use it as it is. ``GSCNNTrainer`` wraps it for training: ``compute_loss`` evaluates
+the four loss terms on the output dict and the targets dict, and every term is logged as
+its own metric (``loss_seg``, ``loss_edge_bce``, ``loss_attention``, ``loss_dual_task``),
+next to ``loss`` (the weighted total) and ``miou`` (streaming, on the training crops).
+
+Distribution convention: the loss terms return each replica's *share* of the global-batch
+loss (normalised by global pixel counts), so summing replica gradients — what
+MirroredStrategy does — yields the gradient of the global-batch loss. ``compute_loss`` is
+overridden, so Keras' own per-replica ``1 / num_replicas`` loss scaling (applied inside
+``keras.losses.Loss.__call__``) does not happen on top of that.
+"""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+TERM_NAMES = ("seg", "edge_bce", "attention", "dual_task")
+
+
+def _num_replicas() -> int:
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+class GSCNNTrainer(keras.Model):
+    """``model.fit``-able wrapper around the inference network.
+
+    Args:
+        network: the model from ``build_gscnn``: image (B, H, W, 3) -> dict with
+            ``seg_logits`` (B, H, W, K) and ``edge`` (B, H, W, 1).
+        loss_config: ``LossConfig`` (term weights, threshold, Gumbel tau, ...).
+        num_classes: K, for the streaming mIoU.
+        use_edge_terms: False for the DeepLabV3+ baseline (no shape stream): only the
+            segmentation cross-entropy is optimised.
+    """
+
+    def __init__(self, network, loss_config, num_classes: int, use_edge_terms: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        from gscnn_tf.losses import GSCNNLoss
+        from gscnn_tf.metrics.confusion import StreamingMeanIoU
+
+        self.network = network
+        self.loss_config = loss_config
+        self.use_edge_terms = use_edge_terms
+        self.gscnn_loss = GSCNNLoss(loss_config, use_edge_terms=use_edge_terms)
+        self.term_weights = {
+            "seg": loss_config.seg_weight,
+            "edge_bce": loss_config.edge_weight if use_edge_terms else 0.0,
+            "attention": loss_config.attention_weight if use_edge_terms else 0.0,
+            "dual_task": loss_config.dual_task_weight if use_edge_terms else 0.0,
+        }
+        self.term_trackers = {name: keras.metrics.Mean(name=f"loss_{name}") for name in TERM_NAMES}
+        self.miou = StreamingMeanIoU(num_classes=num_classes, name="miou")
+
+    def call(self, inputs, training=False):
+        return self.network(inputs, training=training)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        terms = self.gscnn_loss.terms(y, y_pred)
+        total = ops.convert_to_tensor(0.0, "float32")
+        replicas = float(_num_replicas())
+        for name in TERM_NAMES:
+            value = ops.cast(terms[name], "float32")
+            # Trackers see the global value: each replica holds its share, the Mean averages them.
+            self.term_trackers[name].update_state(value * replicas)
+            if self.term_weights[name]:
+                total = total + self.term_weights[name] * value
+        # Layer losses (none by default: weight decay lives in the optimizer); Keras would
+        # average them over replicas, so they are shared out the same way as the terms.
+        if self.losses:
+            total = total + ops.sum(ops.stack([ops.cast(l, "float32") for l in self.losses])) / replicas
+        return total
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        self.miou.update_state(y["label"], y_pred["seg_logits"])
+        return self.get_metrics_result()
+
+    @property
+    def metrics(self):
+        # Order = order in the progress bar and logs.
+        return [self._loss_tracker, *self.term_trackers.values(), self.miou]

@@ -1,1 +1,20 @@
-"""gscnn_tf.losses."""
+"""gscnn_tf.losses: ground-truth boundaries and the four Gated-SCNN loss terms.
+
+See docs/ARCHITECTURE.md ("Targets", "Losses") and REFERENCE.md section 2.
+"""
+from gscnn_tf.losses.attention import AttentionLoss
+from gscnn_tf.losses.boundaries import boundary_map
+from gscnn_tf.losses.combined import TERM_NAMES, GSCNNLoss
+from gscnn_tf.losses.dual_task import DualTaskLoss
+from gscnn_tf.losses.edge_bce import BalancedEdgeBCE
+from gscnn_tf.losses.segmentation import SegmentationCrossEntropy
+
+__all__ = [
+    "AttentionLoss",
+    "BalancedEdgeBCE",
+    "DualTaskLoss",
+    "GSCNNLoss",
+    "SegmentationCrossEntropy",
+    "TERM_NAMES",
+    "boundary_map",
+]

@@ -1,0 +1,139 @@
+"""``evaluate.py``: the paper's metrics for a trained model (mIoU, boundary F, distance-based mIoU)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+
+from gscnn_tf.cli.common import add_common_flags, configure_logging, fail, progress_enabled
+
+logger = logging.getLogger("gscnn_tf.evaluate")
+
+EXAMPLES = """
+examples:
+  # best checkpoint of a run, on its configured validation data, single scale
+  python evaluate.py --checkpoint runs/demo
+  # multi-scale + flip, Cityscapes official evaluation as a cross-check
+  python evaluate.py --checkpoint runs/r101/checkpoints/best.weights.h5 --scales 0.75 1.0 1.25 --flip --official-eval
+  # another data location, 20 images, results in a chosen folder
+  python evaluate.py --checkpoint runs/demo --set data.val_pattern='data/tfrecords/val_fine-*.tfrecord' \\
+      --max-images 20 --out /tmp/eval_demo
+
+outputs (in --out): metrics.json (everything, incl. the confusion matrix), metrics.md
+(summary and per-class tables; also printed), and with --save-predictions/--official-eval
+predictions/*_labelIds.png (Cityscapes label ids).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="evaluate.py",
+        description="Evaluate a trained Gated-SCNN model: confusion-matrix metrics (mIoU, category mIoU, "
+        "pixel accuracy), boundary F-score at the configured tolerances, distance-based (vanishing-point "
+        "crop) mIoU, optionally Cityscapes' official script.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True,
+                   help="run directory (best, else last weights, else model.keras), a .weights.h5 or a .keras file")
+    p.add_argument("--config", help="experiment YAML; default: the run's config.yaml next to the checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set data.eval_scale=0.5 (repeatable; value parsed as YAML)")
+    p.add_argument("--split", default="val", choices=["val", "train"],
+                   help="which data to evaluate (val: data.val_pattern / the TFDS validation split)")
+    p.add_argument("--scales", type=float, nargs="+",
+                   help="inference scales, probabilities averaged (eval.scales; default from config, normally 1.0)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="also average the horizontally flipped image's prediction (eval.flip)")
+    p.add_argument("--distance-mode", choices=["resize", "crop", "off"], default="resize",
+                   help="distance-based evaluation: resize = crop, upsample to full size and re-infer (paper; one "
+                   "extra inference per crop fraction < 1); crop = crop the full-image prediction (cheap); off")
+    p.add_argument("--vanishing-point", type=float, nargs=2, metavar=("X", "Y"),
+                   help="crop centre for the distance-based evaluation, as fractions of width and height "
+                   "(default 0.5 0.45)")
+    p.add_argument("--official-eval", action=argparse.BooleanOptionalAction, default=None,
+                   help="also write label-id PNGs and run cityscapesscripts' evaluateImgLists (eval.official_eval)")
+    p.add_argument("--save-predictions", action="store_true",
+                   help="write the predictions as Cityscapes label-id PNGs to OUT/predictions")
+    p.add_argument("--out", help="output directory (default: RUN_DIR/eval_SPLIT)")
+    p.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    add_common_flags(p)
+    return p
+
+
+def _default_out(checkpoint: str, split: str) -> str:
+    base = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.abspath(checkpoint))
+    if os.path.basename(base) == "checkpoints":
+        base = os.path.dirname(base)
+    return os.path.join(base, f"eval_{split}")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args)
+    if args.max_images is not None and args.max_images <= 0:
+        return fail(f"--max-images must be positive, got {args.max_images}")
+    if args.scales is not None and any(s <= 0 for s in args.scales):
+        return fail(f"--scales must be positive, got {args.scales}")
+    if args.vanishing_point is not None and not all(0.0 <= v <= 1.0 for v in args.vanishing_point):
+        return fail(f"--vanishing-point must be fractions in [0, 1], got {args.vanishing_point}")
+
+    from gscnn_tf.checkpoints import CheckpointError, find_run_config, load_inference_model, resolve_checkpoint
+    from gscnn_tf.config import ConfigError, load_config
+
+    try:
+        resolve_checkpoint(args.checkpoint)
+    except CheckpointError as exc:
+        return fail(str(exc))
+    config_path = args.config or find_run_config(args.checkpoint)
+    try:
+        cfg = load_config(config_path, args.overrides) if (config_path or args.overrides) else None
+    except ConfigError as exc:
+        return fail(str(exc))
+    try:
+        model, cfg = load_inference_model(args.checkpoint, cfg)
+    except CheckpointError as exc:
+        return fail(str(exc))
+
+    eval_cfg = cfg.eval
+    if args.scales is not None:
+        eval_cfg = dataclasses.replace(eval_cfg, scales=list(args.scales))
+    if args.flip is not None:
+        eval_cfg = dataclasses.replace(eval_cfg, flip=args.flip)
+    if args.official_eval is not None:
+        eval_cfg = dataclasses.replace(eval_cfg, official_eval=args.official_eval)
+    out_dir = args.out or _default_out(args.checkpoint, args.split)
+
+    from gscnn_tf.backbones import normalization_for
+    from gscnn_tf.data.pipeline import build_eval_dataset
+    from gscnn_tf.evaluation import evaluate, markdown_report, write_report
+
+    try:
+        dataset = build_eval_dataset(cfg.data, normalization_for(cfg.model.backbone), with_filenames=True,
+                                     split=args.split)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        return fail(f"{args.split} data: {exc}")
+    logger.info("evaluating %s on %s (scales %s, flip %s) -> %s", args.checkpoint, args.split,
+                eval_cfg.scales, eval_cfg.flip, out_dir)
+    try:
+        report = evaluate(
+            model, dataset, eval_cfg, num_classes=cfg.model.num_classes,
+            ignore_label=cfg.data.ignore_label, max_images=args.max_images,
+            distance_mode=None if args.distance_mode == "off" else args.distance_mode,
+            vanishing_point=args.vanishing_point, output_dir=out_dir,
+            save_predictions=args.save_predictions, progress=progress_enabled(args),
+        )
+    except ValueError as exc:
+        return fail(str(exc))
+    report["checkpoint"] = os.path.abspath(args.checkpoint)
+    report["split"] = args.split
+    json_path, md_path = write_report(report, out_dir)
+    print(markdown_report(report))
+    logger.info("wrote %s and %s", json_path, md_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,12 +6,16 @@ transfer layer by layer by name. The final ``Conv_1`` (1x1 -> 1280) is not built
 is the last inverted-residual output, as in DeepLabV3's MobileNetV2 feature extractor,
 which keeps the ASPP input small (320 ch instead of 1280).
 
-Keras 3 refuses ``strides > 1`` together with ``dilation_rate > 1``. A dilated stage has its
-stride-2 depthwise conv (``block_6_depthwise`` or ``block_13_depthwise``) turned to stride 1
-with 'same' padding (its ``*_pad`` ZeroPadding layer is dropped), and every depthwise conv
-of the stage gets the stage's dilation. Weights are unchanged. The residual-add pattern
-is that of the undilated network (a block whose stride became 1 still has no shortcut),
-so the layer set is identical.
+Keras 3 refuses ``strides > 1`` together with ``dilation_rate > 1``. Dilation follows the
+"a trous" rule, so the dilated network is an exact dense evaluation of the undilated one:
+a dilated stage's stride-2 depthwise conv (``block_6_depthwise`` or ``block_13_depthwise``)
+runs at stride 1 with 'same' padding (its ``*_pad`` ZeroPadding layer is dropped) and
+keeps the dilation that was in force before the stage; every later depthwise conv gets
+the stage's new dilation (2 at OS16; 2 then 4 at OS8). Weights are unchanged. Because
+keras.applications' stride-2 window for even sizes is centred on odd pixels, the dilated
+maps sampled at ``[1::2]`` (one dilated stage) or ``[3::4]`` (two) equal the undilated
+ones exactly (tested). The residual-add pattern is that of the undilated network (a
+block whose stride became 1 still has no shortcut), so the layer set is identical.
 
 Feature taps (input H x W; channels for alpha = 1, otherwise scaled as keras.applications
 does, ``_make_divisible(c * alpha, 8)``):
@@ -71,7 +75,10 @@ def _bn(name, sync):
 
 
 def _inverted_residual(inputs, filters, stride, expansion, alpha, dilation, block_id, sync):
-    """keras.applications' ``_inverted_res_block`` with a dilation option."""
+    """keras.applications' ``_inverted_res_block``; ``dilation`` is that of the depthwise conv.
+
+    ``dilation=None`` with ``stride=2`` keeps the stride-2 conv; an int turns it to stride 1.
+    """
     in_channels = inputs.shape[-1]
     pointwise_filters = make_divisible(int(filters * alpha), 8)
     prefix = f"block_{block_id}_" if block_id else "expanded_conv_"
@@ -81,7 +88,8 @@ def _inverted_residual(inputs, filters, stride, expansion, alpha, dilation, bloc
                                 name=f"{prefix}expand")(x)
         x = _bn(f"{prefix}expand_BN", sync)(x)
         x = keras.layers.ReLU(6.0, name=f"{prefix}expand_relu")(x)
-    effective_stride = 1 if dilation > 1 else stride
+    effective_stride = stride if dilation is None else 1
+    dilation = dilation or 1
     if effective_stride == 2:
         # keras.applications' correct_pad for even (or unknown) sizes: ((0, 1), (0, 1)).
         x = keras.layers.ZeroPadding2D(padding=((0, 1), (0, 1)), name=f"{prefix}pad")(x)
@@ -96,6 +104,23 @@ def _inverted_residual(inputs, filters, stride, expansion, alpha, dilation, bloc
     if in_channels == pointwise_filters and stride == 1:
         return keras.layers.Add(name=f"{prefix}add")([inputs, x])
     return x
+
+
+def _depthwise_dilations(output_stride):
+    """Per block: the depthwise dilation, or None for a stride-2 conv that keeps its stride."""
+    d16, d32 = STAGE_DILATIONS[output_stride]
+    dilations = []
+    rate = 1
+    for block_id, (_, stride, _) in enumerate(INVERTED_RESIDUAL_BLOCKS):
+        target = d32 if block_id >= STRIDE32_FIRST_BLOCK else d16 if block_id >= STRIDE16_FIRST_BLOCK else 1
+        if stride == 2 and target > 1:
+            dilations.append(rate)  # stride 2 -> 1; this conv keeps the rate in force so far
+            rate = target
+        elif stride == 2:
+            dilations.append(None)
+        else:
+            dilations.append(rate)
+    return dilations
 
 
 def build_mobilenet_v2(output_stride=8, alpha=1.0, sync_batchnorm="auto"):
@@ -115,7 +140,7 @@ def build_mobilenet_v2(output_stride=8, alpha=1.0, sync_batchnorm="auto"):
         raise ValueError(f"output_stride must be one of {sorted(STAGE_DILATIONS)}, got {output_stride!r}.")
     if not alpha > 0:
         raise ValueError(f"MobileNetV2 alpha must be > 0, got {alpha!r}.")
-    d16, d32 = STAGE_DILATIONS[output_stride]
+    depthwise_dilations = _depthwise_dilations(output_stride)
 
     image = keras.Input(shape=(None, None, 3), name="image")
     x = keras.layers.Conv2D(make_divisible(32 * alpha, 8), 3, strides=2, padding="same", use_bias=False,
@@ -125,13 +150,8 @@ def build_mobilenet_v2(output_stride=8, alpha=1.0, sync_batchnorm="auto"):
     stem = x
     block_outputs = []
     for block_id, (filters, stride, expansion) in enumerate(INVERTED_RESIDUAL_BLOCKS):
-        if block_id >= STRIDE32_FIRST_BLOCK:
-            dilation = d32
-        elif block_id >= STRIDE16_FIRST_BLOCK:
-            dilation = d16
-        else:
-            dilation = 1
-        x = _inverted_residual(x, filters, stride, expansion, alpha, dilation, block_id, sync_batchnorm)
+        x = _inverted_residual(x, filters, stride, expansion, alpha, depthwise_dilations[block_id], block_id,
+                               sync_batchnorm)
         block_outputs.append(x)
     outputs = {"stem": stem}
     outputs.update({key: block_outputs[block_id] for key, block_id in TAP_BLOCKS.items()})

@@ -7,9 +7,11 @@ shortcut, BN epsilon 1.001e-5), so their ImageNet weights transfer layer by laye
 Keras 3 ``Conv2D`` refuses ``strides > 1`` together with ``dilation_rate > 1``. A dilated
 stage therefore has its stride-2 convs (``*_block1_1_conv`` and ``*_block1_0_conv``, both
 1x1) turned to stride 1, and every 3x3 conv of the stage (``*_block{i}_2_conv``, 'same'
-padding) gets the stage's dilation. Weights are unchanged. (Every block of a dilated stage
-uses the new rate, as in DeepLab / mmsegmentation; torchvision keeps the previous rate
-in the first block.)
+padding) gets the stage's dilation. Weights are unchanged. Because the stride sits in
+the 1x1 convs that precede every 3x3 of the stage, this is the exact "a trous" dense
+evaluation of the undilated network: the dilated ``c5`` sampled at ``[::2]`` (OS16) or
+``[::4]`` (OS8) equals the undilated one (tested). (torchvision keeps the previous rate
+in a dilated stage's first block because its ResNet has the stride in the 3x3 conv.)
 
 Feature taps (input H x W, channels):
 

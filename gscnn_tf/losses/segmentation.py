@@ -61,8 +61,8 @@ def pixel_cross_entropy(label, logits, ignore_label: int = 255):
 
 
 def _to_float32(x):
-    x = ops.convert_to_tensor(x)
-    return x if x.dtype == "float32" else ops.cast(x, "float32")
+    x = tf.convert_to_tensor(x)  # also reads tf.Variables (keras.ops would pass them through)
+    return x if x.dtype == tf.float32 else ops.cast(x, "float32")
 
 
 class DictLoss(keras.losses.Loss):
@@ -86,7 +86,7 @@ class DictLoss(keras.losses.Loss):
     @staticmethod
     def _standardize(y_true, y_pred):
         y_true = dict(y_true)
-        y_true["label"] = ops.convert_to_tensor(y_true["label"])
+        y_true["label"] = tf.convert_to_tensor(y_true["label"])
         if "boundary" in y_true:
             y_true["boundary"] = _to_float32(y_true["boundary"])
         y_pred = {k: _to_float32(v) for k, v in dict(y_pred).items()}

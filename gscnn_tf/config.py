@@ -58,6 +58,7 @@ class LossConfig:
     attention_weight: float = 1.0  # lambda_4, L_reg<- (CE on confident edge pixels)
     attention_threshold: float = 0.8
     gumbel_tau: float = 1.0  # paper: 1.0; official code: 0.5
+    gumbel_noise: bool = True  # False: deterministic straight-through softmax (tests, ablations)
     dual_task_sigma: float = 1.0  # Gaussian smoothing before the spatial gradient
     boundary_radius: float = 2.0  # GT boundary: pixels within this distance of a class border
     ignore_label: int = 255

@@ -87,7 +87,10 @@ def main(argv=None) -> int:
         summary = train(cfg, fresh=args.fresh, require_resume=args.resume)
     except (TrainingError, FileNotFoundError, ValueError) as exc:
         return fail(str(exc))
-    logging.getLogger("gscnn_tf").info("done: step %d in %.0f s; run directory %s", summary["global_step"], summary["seconds"], summary["model_dir"])
+    logging.getLogger("gscnn_tf").info(
+        "done: step %d in %.0f s; weights fingerprint %s; run directory %s",
+        summary["global_step"], summary["seconds"], summary["weights_fingerprint"], summary["model_dir"],
+    )
     return 0
 
 

@@ -8,6 +8,7 @@ resume is a fresh shuffle, not a replay).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -41,6 +42,14 @@ def count_records(pattern: str) -> int:
     return int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1).numpy())
 
 
+def weights_fingerprint(model) -> str:
+    """sha256 of all weights' bytes: replicas/workers that agree on the weights print the same."""
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _steps_per_epoch(cfg: ExperimentConfig) -> int:
     if cfg.train.steps_per_epoch:
         return int(cfg.train.steps_per_epoch)
@@ -56,12 +65,12 @@ def _build_datasets(cfg: ExperimentConfig, strategy, normalization, seed):
     if replicas > 1 or cfg.train.strategy == "multi_worker":
         train_ds = pipeline.make_distributed_train_dataset(
             strategy, cfg.data, cfg.train.batch_size, normalization=normalization, seed=seed,
-            boundary_radius=cfg.loss.boundary_radius,
+            boundary_radius=cfg.loss.boundary_radius, repeat=True,
         )
     else:
         train_ds = pipeline.build_train_dataset(
             cfg.data, cfg.train.batch_size, normalization=normalization, seed=seed,
-            boundary_radius=cfg.loss.boundary_radius,
+            boundary_radius=cfg.loss.boundary_radius, repeat=True,
         )
     val_ds = None
     if cfg.data.val_pattern or cfg.data.source == "tfds":
@@ -126,7 +135,8 @@ def train(cfg: ExperimentConfig, fresh: bool = False, require_resume: bool = Fal
             source, _ = load_inference_model(tcfg.init_checkpoint, cfg)
             network.set_weights(source.get_weights())
         trainer = GSCNNTrainer(
-            network, cfg.loss, num_classes=cfg.model.num_classes, use_edge_terms=cfg.model.shape_stream
+            network, cfg.loss, num_classes=cfg.model.num_classes, use_edge_terms=cfg.model.shape_stream,
+            seed=tcfg.seed,
         )
         trainer.compile(optimizer=build_optimizer(tcfg, total_steps), jit_compile=resolve_jit_compile(tcfg, strategy))
         crop_h, crop_w = cfg.data.crop_size
@@ -181,6 +191,7 @@ def train(cfg: ExperimentConfig, fresh: bool = False, require_resume: bool = Fal
 
     summary = {
         "model_dir": os.path.abspath(model_dir),
+        "weights_fingerprint": weights_fingerprint(network),
         "global_step": int(trainer.optimizer.iterations.numpy()),
         "steps_per_epoch": steps_per_epoch,
         "epochs": tcfg.epochs,

@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-TERM_NAMES = ("seg", "edge_bce", "attention", "dual_task")
+from gscnn_tf.losses import TERM_NAMES
 
 
 def _num_replicas() -> int:
@@ -35,9 +35,10 @@ class GSCNNTrainer(keras.Model):
         num_classes: K, for the streaming mIoU.
         use_edge_terms: False for the DeepLabV3+ baseline (no shape stream): only the
             segmentation cross-entropy is optimised.
+        seed: seed of the dual-task term's Gumbel noise (None: random).
     """
 
-    def __init__(self, network, loss_config, num_classes: int, use_edge_terms: bool = True, **kwargs):
+    def __init__(self, network, loss_config, num_classes: int, use_edge_terms: bool = True, seed=None, **kwargs):
         super().__init__(**kwargs)
         from gscnn_tf.losses import GSCNNLoss
         from gscnn_tf.metrics.confusion import StreamingMeanIoU
@@ -45,13 +46,10 @@ class GSCNNTrainer(keras.Model):
         self.network = network
         self.loss_config = loss_config
         self.use_edge_terms = use_edge_terms
-        self.gscnn_loss = GSCNNLoss(loss_config, use_edge_terms=use_edge_terms)
-        self.term_weights = {
-            "seg": loss_config.seg_weight,
-            "edge_bce": loss_config.edge_weight if use_edge_terms else 0.0,
-            "attention": loss_config.attention_weight if use_edge_terms else 0.0,
-            "dual_task": loss_config.dual_task_weight if use_edge_terms else 0.0,
-        }
+        self.gscnn_loss = GSCNNLoss(
+            loss_config, use_edge_terms=use_edge_terms, dual_task_seed=seed,
+            dual_task_gumbel_noise=loss_config.gumbel_noise,
+        )
         self.term_trackers = {name: keras.metrics.Mean(name=f"loss_{name}") for name in TERM_NAMES}
         self.miou = StreamingMeanIoU(num_classes=num_classes, name="miou")
 
@@ -59,15 +57,12 @@ class GSCNNTrainer(keras.Model):
         return self.network(inputs, training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        terms = self.gscnn_loss.terms(y, y_pred)
-        total = ops.convert_to_tensor(0.0, "float32")
+        terms = {k: ops.cast(v, "float32") for k, v in self.gscnn_loss.terms(y, y_pred).items()}
         replicas = float(_num_replicas())
         for name in TERM_NAMES:
-            value = ops.cast(terms[name], "float32")
             # Trackers see the global value: each replica holds its share, the Mean averages them.
-            self.term_trackers[name].update_state(value * replicas)
-            if self.term_weights[name]:
-                total = total + self.term_weights[name] * value
+            self.term_trackers[name].update_state(terms[name] * replicas)
+        total = self.gscnn_loss.total(terms)
         # Layer losses (none by default: weight decay lives in the optimizer); Keras would
         # average them over replicas, so they are shared out the same way as the terms.
         if self.losses:

@@ -1,0 +1,102 @@
+"""``export_savedmodel.py``: a training checkpoint -> versioned SavedModel for TF Serving.
+
+Writes ``<export-dir>/<version>/`` (version = next integer unless ``--version``) atomically:
+a temporary directory next to it is renamed only once the SavedModel, its assets
+(``assets/labels.json``, ``assets/config.yaml``) and the warmup requests
+(``assets.extra/tf_serving_warmup_requests``) are written and, unless ``--no-verify``, the
+reloaded SavedModel reproduced the in-memory model's class maps. See docs/SERVING.md.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+logger = logging.getLogger("gscnn_tf.export")
+
+
+def _size(text: str) -> tuple:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HEIGHTxWIDTH, e.g. 512x1024") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: height and width must be positive")
+    return h, w
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="export_savedmodel.py",
+        description="Export a Gated-SCNN checkpoint as a versioned SavedModel that TF Serving loads as it is "
+        "(signatures serving_default: encoded image bytes; serving_image_tensor: uint8 images).",
+    )
+    p.add_argument("--checkpoint", required=True,
+                   help="training run directory (best, else last weights, else model.keras), a .weights.h5 file "
+                   "(needs the run's config.yaml next to it or --config) or a .keras model")
+    p.add_argument("--config", default=None,
+                   help="experiment YAML for the model (default: the run's config.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set model.num_classes=19 (repeatable)")
+    p.add_argument("--export-dir", required=True,
+                   help="model base directory: the version is written to EXPORT_DIR/VERSION (what TF Serving's "
+                   "--model_base_path points at)")
+    p.add_argument("--version", type=int, default=None,
+                   help="version number (positive integer); default: one more than the highest existing version")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing version (default: refuse)")
+    p.add_argument("--with-probabilities", action="store_true",
+                   help="also output per-pixel softmax probabilities (B,H,W,K) float32 (large responses)")
+    p.add_argument("--pad-mode", choices=("edge", "mean"), default="edge",
+                   help="how images are padded to a multiple of the model stride before the network: 'edge' "
+                   "repeats the border pixels, 'mean' pads with the normalisation mean colour (default: edge)")
+    p.add_argument("--model-name", default="gscnn",
+                   help="model name written into the warmup requests and labels.json (TF Serving --model_name)")
+    p.add_argument("--warmup-images", nargs="+", default=None, metavar="IMAGE",
+                   help="images for the TF Serving warmup requests (ideally at production size); "
+                   "default: synthetic images of --warmup-size")
+    p.add_argument("--warmup-size", type=_size, default=(256, 512), metavar="HxW",
+                   help="size of the synthetic warmup images (default 256x512)")
+    p.add_argument("--no-warmup", action="store_true", help="do not write assets.extra/tf_serving_warmup_requests")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip reloading the written SavedModel and comparing it with the in-memory model")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                   help="logging verbosity (default INFO)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gscnn_tf.checkpoints import CheckpointError, load_inference_model
+    from gscnn_tf.config import ConfigError, load_config
+    from gscnn_tf.export.saved_model import ExportError, export_saved_model
+
+    try:
+        config = load_config(args.config, args.overrides) if (args.config or args.overrides) else None
+        if args.version is not None and args.version < 1:
+            raise ExportError(f"--version {args.version}: TF Serving needs a positive integer")
+        model, config = load_inference_model(args.checkpoint, config)
+        path = export_saved_model(
+            model,
+            config,
+            args.export_dir,
+            version=args.version,
+            overwrite=args.overwrite,
+            with_probabilities=args.with_probabilities,
+            pad_mode=args.pad_mode,
+            warmup=not args.no_warmup,
+            warmup_images=args.warmup_images,
+            warmup_size=args.warmup_size,
+            model_name=args.model_name,
+            verify=not args.no_verify,
+            source=args.checkpoint,
+        )
+    except (CheckpointError, ConfigError, ExportError, FileExistsError, FileNotFoundError, OSError) as exc:
+        print(f"export_savedmodel: error: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

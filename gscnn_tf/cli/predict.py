@@ -1,0 +1,89 @@
+"""``predict.py``: segment image files or folders with a SavedModel export or a checkpoint.
+
+Per image ``<name>``: ``<name>_seg.png`` (Cityscapes colours), ``<name>_overlay.png``,
+``<name>_edges.png`` and with ``--label-ids`` ``<name>_labelIds.png``.
+
+Exit status: 0 when every image was segmented; 1 when some files could not be read (each
+is reported by name as a warning, the others are still processed; ``--fail-fast`` stops
+at the first one instead); 2 for usage errors (missing model or input, bad flags).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+logger = logging.getLogger("gscnn_tf.predict")
+
+
+def _alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number in [0, 1]") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be in [0, 1]")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="predict.py",
+        description="Segment images with Gated-SCNN and write colour masks, overlays and edge maps.",
+    )
+    p.add_argument("--model", required=True,
+                   help="a SavedModel (version directory, or export directory: its highest version) or a "
+                   "training checkpoint (run directory, .weights.h5 with config.yaml, or .keras)")
+    p.add_argument("--input", required=True, nargs="+", metavar="IMG_OR_DIR",
+                   help="image files and/or folders of images (.png .jpg .jpeg .bmp .gif .webp)")
+    p.add_argument("--output", default="predictions",
+                   help="output folder (created; default ./predictions); folder inputs keep their sub-folders")
+    p.add_argument("--overlay-alpha", type=_alpha, default=0.5,
+                   help="weight of the colour mask in <name>_overlay.png, 0 = photo only, 1 = mask only "
+                   "(default 0.5)")
+    p.add_argument("--label-ids", action="store_true",
+                   help="also write <name>_labelIds.png with Cityscapes label ids (official evaluation format)")
+    p.add_argument("--recursive", action="store_true", help="also look for images in sub-folders of input folders")
+    p.add_argument("--config", default=None,
+                   help="experiment YAML for a weights checkpoint without config.yaml (ignored for SavedModels)")
+    p.add_argument("--version", type=int, default=None,
+                   help="SavedModel version to use from an export directory (default: the highest)")
+    p.add_argument("--fail-fast", action="store_true",
+                   help="stop at the first unreadable image (default: skip it, report it, exit 1 at the end)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, warnings and errors only")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                   help="logging verbosity (default INFO)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level="WARNING" if args.quiet else args.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gscnn_tf.checkpoints import CheckpointError
+    from gscnn_tf.config import ConfigError
+    from gscnn_tf.predict import ImageReadError, find_images, load_predictor, predict_files
+
+    try:
+        items = find_images(args.input, recursive=args.recursive)
+        if not items:
+            raise FileNotFoundError(f"{', '.join(args.input)}: no images found")
+        predictor = load_predictor(args.model, config_path=args.config, version=args.version)
+        summary = predict_files(predictor, items, args.output, alpha=args.overlay_alpha, label_ids=args.label_ids,
+                                fail_fast=args.fail_fast, progress=not args.quiet and sys.stderr.isatty())
+    except ImageReadError as exc:
+        print(f"predict: error: {exc}", file=sys.stderr)
+        return 1
+    except (CheckpointError, ConfigError, FileNotFoundError, OSError, ValueError) as exc:
+        print(f"predict: error: {exc}", file=sys.stderr)
+        return 2
+    logger.info("wrote outputs for %d image(s) to %s", len(summary.written), args.output)
+    if summary.failed:
+        print(f"predict: {len(summary.failed)} of {len(items)} file(s) could not be read: "
+              + "; ".join(path for path, _ in summary.failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""model.fit training end to end on synthetic data: run directory, distribution, resume, CLI errors."""
+import csv
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import tiny_experiment_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TERMS = ("loss_seg", "loss_edge_bce", "loss_attention", "loss_dual_task")
+
+
+def _write_yaml(cfg, path):
+    from gscnn_tf.config import save_config
+
+    save_config(cfg, str(path))
+    return str(path)
+
+
+def _run_cli(args, env_extra=None, timeout=600):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, os.path.join(REPO, "train_keras.py"), *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_single_device_run_writes_a_complete_run_directory(synthetic_tfrecords, tmp_path):
+    from gscnn_tf.checkpoints import load_inference_model
+    from gscnn_tf.training.run import train
+
+    cfg = tiny_experiment_config(synthetic_tfrecords, tmp_path / "run", epochs=2, validation_steps=1)
+    summary = train(cfg)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "checkpoints/best.weights.h5", "checkpoints/last.weights.h5", "model.keras",
+                 "training_log.csv", "train_summary.json", "backup/latest.json"):
+        assert (run / name).is_file(), name
+    assert summary["global_step"] == 6
+    # Every loss term is logged, for training and validation, and is finite.
+    with open(run / "training_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    for key in TERMS + ("loss", "miou", "val_loss", "val_miou") + tuple("val_" + t for t in TERMS):
+        assert np.isfinite(float(rows[-1][key])), key
+    # The logged total is the weighted sum of the logged terms (weights 20/1/1/1).
+    last = rows[-1]
+    weighted = 20 * float(last["loss_edge_bce"]) + float(last["loss_seg"]) + float(last["loss_attention"]) + float(last["loss_dual_task"])
+    assert float(last["loss"]) == pytest.approx(weighted, rel=1e-3)
+    # TensorBoard got scalars and images.
+    assert any(p.name.startswith("events") for p in (run / "logs").rglob("*"))
+    assert list((run / "logs" / "images").glob("events*"))
+    # The saved inference model reproduces the trained network, from both checkpoint kinds.
+    model_k, _ = load_inference_model(str(run / "model.keras"))
+    model_w, _ = load_inference_model(str(run / "checkpoints" / "last.weights.h5"))
+    x = np.random.default_rng(0).normal(size=(1, 64, 96, 3)).astype(np.float32)
+    a, b = model_k(x)["seg_logits"].numpy(), model_w(x)["seg_logits"].numpy()
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    # No temporary files were left anywhere in the run directory.
+    assert not [p for p in run.rglob("*") if ".tmp" in p.name]
+
+
+@pytest.mark.slow
+def test_mirrored_two_replicas_with_syncbn_matches_single_device(synthetic_tfrecords, tmp_path):
+    """Same seed, same global batch (2), deterministic data and Gumbel: the losses agree."""
+    import keras
+    from gscnn_tf.training.run import train
+
+    histories = {}
+    for strategy in ("default", "mirrored"):
+        keras.backend.clear_session()
+        cfg = tiny_experiment_config(synthetic_tfrecords, tmp_path / strategy, epochs=2, strategy=strategy,
+                                     num_cpu_devices=2 if strategy == "mirrored" else 0)
+        cfg.data.deterministic = True
+        cfg.loss.gumbel_noise = False
+        cfg.data.val_pattern = ""
+        histories[strategy] = train(cfg)
+    single, mirrored = histories["default"], histories["mirrored"]
+    assert mirrored["replicas"] == 2 and single["replicas"] == 1
+    for key in ("loss",) + TERMS:
+        np.testing.assert_allclose(mirrored["history"][key], single["history"][key], rtol=2e-3, atol=1e-4, err_msg=key)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_worker_multi_worker_mirrored_run_agrees_on_weights(synthetic_tfrecords, tmp_path):
+    cfg = tiny_experiment_config(synthetic_tfrecords, tmp_path / "run", strategy="multi_worker")
+    cfg.data.val_pattern = ""
+    config = _write_yaml(cfg, tmp_path / "mw.yaml")
+    workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        procs.append(subprocess.Popen(
+            [sys.executable, os.path.join(REPO, "train_keras.py"), "--config", config, "--log-level", "INFO"],
+            env=dict(env, TF_CONFIG=json.dumps(tf_config)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=600)
+            outputs.append(out)
+            assert p.returncode == 0, out[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["global_step"] == 3
+    fingerprints = [re.findall(r"weights fingerprint ([0-9a-f]{16})", out) for out in outputs]
+    assert len(fingerprints[0]) == len(fingerprints[1]) == 1, outputs
+    assert fingerprints[0] == fingerprints[1]
+    assert summary["weights_fingerprint"] == fingerprints[0][0]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_backup_not_from_scratch(synthetic_tfrecords, tmp_path):
+    cfg = tiny_experiment_config(synthetic_tfrecords, tmp_path / "run", epochs=2, backup_save_freq=2)
+    cfg.train.steps_per_epoch = 5
+    cfg.data.val_pattern = ""
+    config = _write_yaml(cfg, tmp_path / "resume.yaml")
+    pointer = tmp_path / "run" / "backup" / "latest.json"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "train_keras.py"), "--config", config, "--quiet"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 400
+    try:
+        while not pointer.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert pointer.exists(), "no backup was written before the deadline"
+        proc.send_signal(signal.SIGKILL)  # a crash: no clean-up handlers run
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    saved_step = json.loads(pointer.read_text())["global_step"]
+    assert 0 < saved_step < 10
+    assert not (tmp_path / "run" / "train_summary.json").exists()  # it really died before finishing
+
+    result = _run_cli(["--config", config])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(rf"resuming from .* at step {saved_step}\b", result.stderr), result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["resumed_from_step"] == saved_step
+    assert summary["global_step"] == 10  # the schedule's total, not 10 more steps
+
+
+def test_cli_reports_config_and_data_errors(synthetic_tfrecords, tmp_path):
+    cfg = tiny_experiment_config(synthetic_tfrecords, tmp_path / "run")
+    config = _write_yaml(cfg, tmp_path / "c.yaml")
+    bad_key = _run_cli(["--config", config, "--set", "train.batchsize=2"])
+    assert bad_key.returncode == 2 and "unknown key" in bad_key.stderr and "Traceback" not in bad_key.stderr
+    no_data = _run_cli(["--config", config, "--set", f"data.train_pattern={tmp_path}/nothing-*.tfrecord"])
+    assert no_data.returncode == 2 and "nothing-*.tfrecord" in no_data.stderr and "Traceback" not in no_data.stderr
+    no_backup = _run_cli(["--config", config, "--resume"])
+    assert no_backup.returncode == 2 and "no backup" in no_backup.stderr

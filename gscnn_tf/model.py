@@ -56,8 +56,7 @@ def build_gscnn(model_config: ModelConfig, name: str = "gscnn") -> keras.Model:
             from gscnn_tf.layers.canny import CannyEdges
 
             mean, std = normalization_for(cfg.backbone)
-            # Canny is not differentiable and thresholds in 0..255 units need float32.
-            reference = CannyEdges(cfg.canny_low, cfg.canny_high, mean, std, name="canny", dtype="float32")(image)
+            reference = CannyEdges(cfg.canny_low, cfg.canny_high, mean, std, name="canny")(image)
         else:
             reference = image
         edge, shape_map = ShapeStream(gated=cfg.gated, use_canny=cfg.canny, sync_batchnorm=sync, name="shape_stream")(

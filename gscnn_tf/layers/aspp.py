@@ -70,7 +70,7 @@ class ShapeAwareASPP(keras.layers.Layer):
             return conv_bn_relu(self.filters, kernel_size, name, self.sync_batchnorm, policy, dilation_rate=rate)
 
         self.pool_branch = branch("pool")
-        self.pool_branch.build(features_shape[:1] + (1, 1) + features_shape[-1:])
+        self.pool_branch.build((features_shape[0], 1, 1, features_shape[-1]))
         self.shape_branch = None
         if self.use_shape:
             self.shape_branch = branch("shape")

@@ -1,0 +1,349 @@
+"""tf.data input pipelines for training and evaluation (docs/ARCHITECTURE.md, "Targets").
+
+Training (``build_train_dataset``)::
+
+    sorted shard list -> shard per input pipeline -> shuffle files -> interleave records
+    -> shuffle serialized records -> [repeat] -> [enumerate: per-element seeds]
+    -> parse + decode -> augment (scale, crop/pad, flip, jitter, blur) -> normalise
+    -> batch (drop remainder) -> boundary targets -> prefetch
+
+yields ``(image (B, h, w, 3) float32 normalised, {"label": (B, h, w) int32,
+"boundary": (B, h, w) float32})``. Boundary maps are computed on the *augmented*
+labels. Evaluation (``build_eval_dataset``) yields the same structure for full images
+(batch 1, ordered, no augmentation, optional ``eval_scale`` resize), plus the
+filename as a third element when asked.
+
+``data.source`` picks the records: ``tfrecord`` (TF Model Garden tf.Example shards,
+:mod:`gscnn_tf.data.tfexample`) or ``tfds`` (:mod:`gscnn_tf.data.tfds_source`); both
+become the same ``(image uint8, label uint8 train ids, filename)`` stream before
+augmentation.
+
+Determinism: with ``data.deterministic`` the file and record shuffles are seeded, the
+interleave and parallel maps keep their order, and every random draw of the
+augmentation is ``tf.random.stateless_*`` on a seed derived from ``(seed,
+element index[, input pipeline id])``; the same seed gives the same batches. Otherwise
+the order may vary and the augmentation uses the fast stateful ops.
+
+A read error from a corrupt shard (``DataLossError``) does not carry the file name in
+TensorFlow; :func:`find_corrupt_records` scans a pattern and names the bad file.
+Image/label bytes that are not PNG/JPEG fail with the shard path and the image's
+filename in the message.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence, Union
+
+import tensorflow as tf
+
+from gscnn_tf.data import augment as aug
+from gscnn_tf.data.tfexample import IMAGE_ENCODED, IMAGE_FILENAME, LABEL_ENCODED, decode_example, parse_example
+from gscnn_tf.losses.boundaries import boundary_map
+
+logger = logging.getLogger(__name__)
+
+AUTOTUNE = tf.data.AUTOTUNE
+STAGES = ("parse", "decode", "augment", "full")
+_DEFAULT_SEED = 0
+_PNG_MAGIC = b"\x89PNG"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+Normalization = Union[str, Sequence]
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def boundary_targets(labels: tf.Tensor, radius: float, ignore_label: int = 255) -> tf.Tensor:
+    """GT boundary maps of a batch of train-id labels (B, H, W) -> float32 (B, H, W)."""
+    return tf.cast(boundary_map(labels, radius, ignore_label), tf.float32)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def resolve_normalization(normalization: Normalization) -> tuple:
+    """``(mean, std)`` RGB tuples in 0..255 units; a backbone name is looked up."""
+    if isinstance(normalization, str):
+        from gscnn_tf.backbones import normalization_for
+
+        normalization = normalization_for(normalization)
+    try:
+        mean, std = normalization
+        mean = tuple(float(v) for v in mean)
+        std = tuple(float(v) for v in std)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"normalization must be (mean, std) RGB triples or a backbone name, got {normalization!r}") from exc
+    if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
+        raise ValueError(f"normalization needs 3 means and 3 positive stds, got {normalization!r}")
+    return mean, std
+
+
+def normalize_image(image: tf.Tensor, mean, std) -> tf.Tensor:
+    """``(rgb_0_255 - mean) / std`` as float32."""
+    return (tf.cast(image, tf.float32) - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+def denormalize_image(image: tf.Tensor, mean, std) -> tf.Tensor:
+    return tf.cast(image, tf.float32) * tf.constant(std, tf.float32) + tf.constant(mean, tf.float32)
+
+
+def list_shards(pattern: str, field_name: str = "data.train_pattern") -> list:
+    """Sorted files matching ``pattern``; clear errors for an empty or unmatched pattern."""
+    if not pattern:
+        raise ValueError(f"{field_name} is empty: set it to a glob of TFRecord shards")
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no files match {field_name} = {pattern!r}")
+    return files
+
+
+def find_corrupt_records(pattern: str) -> list:
+    """Reads every record of every shard; returns ``[(path, error message)]`` of bad files.
+
+    TensorFlow's ``DataLossError`` ("corrupted record at N") does not name the file; run
+    this (or ``python -m gscnn_tf.data.pipeline PATTERN``) to find it.
+    """
+    bad = []
+    for path in list_shards(pattern, "pattern"):
+        try:
+            for _ in tf.data.TFRecordDataset(path):
+                pass
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
+            bad.append((path, exc.message.strip().splitlines()[-1] if exc.message else str(exc)))
+    return bad
+
+
+def _options(deterministic: bool) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    # We shard (by file) ourselves, per input pipeline.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return options
+
+
+def _check_encoded(data: tf.Tensor, what: str, path: tf.Tensor, filename: tf.Tensor, allow_empty: bool) -> tf.Tensor:
+    head = tf.strings.substr(data, 0, 4)
+    ok = tf.logical_or(tf.equal(head, _PNG_MAGIC), tf.equal(tf.strings.substr(data, 0, 3), _JPEG_MAGIC))
+    if allow_empty:
+        ok = tf.logical_or(ok, tf.equal(tf.strings.length(data), 0))
+    return tf.debugging.Assert(
+        ok, [f"corrupt record: {what} is not a PNG/JPEG image; shard:", path, "image/filename:", filename], summarize=1
+    )
+
+
+def _decode_tfrecord(path: tf.Tensor, serialized: tf.Tensor) -> tuple:
+    parsed = parse_example(serialized)
+    checks = [
+        _check_encoded(parsed[IMAGE_ENCODED], "image/encoded", path, parsed[IMAGE_FILENAME], False),
+        _check_encoded(parsed[LABEL_ENCODED], "image/segmentation/class/encoded", path, parsed[IMAGE_FILENAME], True),
+    ]
+    with tf.control_dependencies(checks):
+        parsed = {k: tf.identity(v) for k, v in parsed.items()}
+    return decode_example(parsed)
+
+
+def _tfrecord_source(pattern: str, field_name: str, training: bool, seed, input_context, deterministic: bool):
+    """-> (dataset of raw elements, parse_fn or None, decode_fn) for TFRecord shards."""
+    files = list_shards(pattern, field_name)
+    ds = tf.data.Dataset.list_files(pattern, shuffle=False)  # sorted
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        n, i = input_context.num_input_pipelines, input_context.input_pipeline_id
+        if len(files) < n:
+            raise ValueError(f"{field_name} = {pattern!r} matches {len(files)} file(s), fewer than the {n} input pipelines")
+        ds = ds.shard(n, i)
+    if training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.interleave(
+            lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20).map(lambda r: (f, r)),
+            cycle_length=min(len(files), 16),
+            block_length=1,
+            num_parallel_calls=AUTOTUNE,
+            deterministic=deterministic,
+        )
+    else:  # ordered: file after file
+        ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f).map(lambda r: (f, r)), cycle_length=1)
+    return ds, (lambda path, rec: (path, parse_example(rec))), _decode_tfrecord
+
+
+def _source(data_config, split: str, training: bool, seed, input_context, deterministic: bool):
+    """Dispatch on ``data.source``: -> (raw dataset, parse_fn, decode_fn).
+
+    ``decode_fn(*raw)`` gives ``(image uint8 (H, W, 3), label uint8 (H, W), filename)``;
+    ``parse_fn(*raw)`` is the benchmark's "read + parse" stage.
+    """
+    source = data_config.source
+    if source == "tfrecord":
+        pattern = data_config.train_pattern if split == "train" else data_config.val_pattern
+        field_name = "data.train_pattern" if split == "train" else "data.val_pattern"
+        return _tfrecord_source(pattern, field_name, training, seed, input_context, deterministic)
+    if source == "tfds":
+        from gscnn_tf.data import tfds_source
+
+        ds = tfds_source.tfds_records(data_config, split, training, seed, input_context, deterministic)
+        return ds, (lambda rec: rec), tfds_source.decode_tfds_record
+    raise ValueError(f"unknown data.source {source!r}; expected 'tfrecord' or 'tfds'")
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def build_train_dataset(
+    data_config,
+    batch_size: int,
+    normalization: Normalization,
+    seed: Optional[int] = None,
+    input_context: Optional[tf.distribute.InputContext] = None,
+    boundary_radius: float = 2.0,
+    repeat: bool = False,
+    _stop_after: str = "full",
+) -> tf.data.Dataset:
+    """The augmented training dataset (see the module docstring).
+
+    Args:
+      data_config: :class:`gscnn_tf.config.DataConfig`.
+      batch_size: the *global* batch size; with ``input_context`` each pipeline batches
+        ``input_context.get_per_replica_batch_size(batch_size)``.
+      normalization: ``(mean, std)`` RGB in 0..255 units, or a backbone name.
+      seed: base seed for shuffles and (with ``data.deterministic``) the stateless
+        augmentation; None means 0 in deterministic mode, unseeded otherwise.
+      boundary_radius: ``LossConfig.boundary_radius`` for the GT boundary maps.
+      repeat: repeat forever (element seeds keep counting across epochs); otherwise one
+        pass per iteration (Keras re-iterates each epoch, reshuffling).
+      _stop_after: benchmarking only: "parse" | "decode" (unbatched per-example
+        datasets), "augment" (batched, no boundary), "full".
+    """
+    if _stop_after not in STAGES:
+        raise ValueError(f"_stop_after must be one of {STAGES}")
+    mean, std = resolve_normalization(normalization)
+    deterministic = bool(data_config.deterministic)
+    if seed is None and deterministic:
+        seed = _DEFAULT_SEED
+    per_replica = input_context.get_per_replica_batch_size(batch_size) if input_context else int(batch_size)
+    if per_replica < 1:
+        raise ValueError(f"batch size {batch_size} gives {per_replica} per replica")
+    crop_size = [int(v) for v in data_config.crop_size]
+    if len(crop_size) != 2 or min(crop_size) < 1:
+        raise ValueError(f"data.crop_size must be [height, width], got {data_config.crop_size!r}")
+    pipeline_id = input_context.input_pipeline_id if input_context else 0
+
+    ds, parse_fn, decode_fn = _source(data_config, "train", True, seed, input_context, deterministic)
+    if data_config.shuffle_buffer > 1:
+        ds = ds.shuffle(data_config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    options = _options(deterministic)
+    if _stop_after == "parse":
+        return ds.map(parse_fn, num_parallel_calls=AUTOTUNE, deterministic=deterministic).prefetch(AUTOTUNE).with_options(options)
+    if _stop_after == "decode":
+        return ds.map(decode_fn, num_parallel_calls=AUTOTUNE, deterministic=deterministic).prefetch(AUTOTUNE).with_options(options)
+
+    def augment_one(element_seed, *raw):
+        image, label, _ = decode_fn(*raw)
+        image, label = aug.augment_from_config(image, label, data_config, pad_color=mean, seed=element_seed)
+        return normalize_image(image, mean, std), tf.cast(label, tf.int32)
+
+    if deterministic:
+        ds = ds.enumerate()
+
+        def with_seed(index, raw):
+            element_seed = tf.stack([tf.constant(seed, tf.int64), index])
+            element_seed = tf.random.experimental.stateless_fold_in(element_seed, pipeline_id)
+            return augment_one(element_seed, *(raw if isinstance(raw, tuple) else (raw,)))
+
+        ds = ds.map(with_seed, num_parallel_calls=AUTOTUNE, deterministic=True)
+    else:
+        ds = ds.map(lambda *raw: augment_one(None, *raw), num_parallel_calls=AUTOTUNE, deterministic=False)
+    ds = ds.batch(per_replica, drop_remainder=True, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    if _stop_after == "augment":
+        return ds.prefetch(AUTOTUNE).with_options(options)
+
+    ignore = int(data_config.ignore_label)
+    ds = ds.map(
+        lambda image, label: (image, {"label": label, "boundary": boundary_targets(label, boundary_radius, ignore)}),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
+    return ds.prefetch(AUTOTUNE).with_options(options)
+
+
+def make_distributed_train_dataset(
+    strategy: tf.distribute.Strategy,
+    data_config,
+    global_batch: int,
+    normalization: Normalization,
+    seed: Optional[int] = None,
+    boundary_radius: float = 2.0,
+    repeat: bool = False,
+):
+    """``strategy.distribute_datasets_from_function`` over :func:`build_train_dataset`:
+    each input pipeline reads its share of the shards and batches
+    ``global_batch / num_replicas`` examples per replica."""
+    if global_batch % strategy.num_replicas_in_sync:
+        raise ValueError(f"global batch {global_batch} is not divisible by {strategy.num_replicas_in_sync} replicas")
+
+    def dataset_fn(input_context):
+        return build_train_dataset(
+            data_config,
+            global_batch,
+            normalization,
+            seed=seed,
+            input_context=input_context,
+            boundary_radius=boundary_radius,
+            repeat=repeat,
+        )
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def build_eval_dataset(
+    data_config,
+    normalization: Normalization,
+    with_filenames: bool = False,
+    input_context: Optional[tf.distribute.InputContext] = None,
+    boundary_radius: float = 2.0,
+    split: str = "val",
+) -> tf.data.Dataset:
+    """Full images, no augmentation, batch 1, in file/record order.
+
+    Yields ``(image (1, H, W, 3), {"label": (1, H, W) int32, "boundary": (1, H, W) float32})``
+    and, with ``with_filenames``, a third element ``filename`` (1,) string. With
+    ``data.eval_scale != 1`` image (bilinear) and label (nearest) are resized to
+    ``round(size * eval_scale)``.
+    """
+    mean, std = resolve_normalization(normalization)
+    ds, _, decode_fn = _source(data_config, split, False, None, input_context, True)
+    scale = float(data_config.eval_scale)
+    if scale <= 0:
+        raise ValueError(f"data.eval_scale must be > 0, got {scale}")
+    ignore = int(data_config.ignore_label)
+
+    def prepare(*raw):
+        image, label, filename = decode_fn(*raw)
+        if scale != 1.0:
+            image, label = aug.scale_image_and_label(image, label, scale)
+        image = normalize_image(image, mean, std)
+        label = tf.cast(label, tf.int32)
+        boundary = boundary_targets(label[None], boundary_radius, ignore)[0]
+        targets = {"label": label, "boundary": boundary}
+        return (image, targets, filename) if with_filenames else (image, targets)
+
+    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(1).prefetch(AUTOTUNE).with_options(_options(True))
+
+
+def _main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Find corrupt TFRecord shards (names the file).")
+    parser.add_argument("pattern")
+    args = parser.parse_args(argv)
+    bad = find_corrupt_records(args.pattern)
+    for path, message in bad:
+        print(f"{path}: {message}")
+    print(f"{len(bad)} corrupt file(s)")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -1,0 +1,448 @@
+"""SavedModel export for TF Serving: in-graph decoding, normalisation, padding and cropping.
+
+The exported directory ``<export_dir>/<version>/`` is a plain SavedModel that TF Serving
+(or ``tf.saved_model.load`` in a process without this package) loads as it is:
+
+* ``serving_default`` -- input ``image_bytes``: tf.string (B,), each a PNG, JPEG, GIF (first
+  frame), BMP or WebP file of any size; grayscale and RGBA are converted to RGB.
+* ``serving_image_tensor`` -- input ``images``: uint8 (B, H, W, 3) RGB.
+
+Both return
+``classes`` uint8 (B, H, W) train ids (int32 when the model has more than 255 classes),
+``edge`` float32 (B, H, W) shape-stream boundary probability,
+``height``/``width`` int32 (B,) each image's own size, and with ``with_probabilities``
+``probabilities`` float32 (B, H, W, K) softmax.
+
+**Sizes.** Every image is padded (edge replication by default, i.e. the border pixels are
+repeated, so the in-graph Canny sees no artificial border) up to the next multiple of the
+model's stride (8; 16 at output stride 16), run, and the outputs are cropped back to the
+image's own size. Images in one ``serving_default`` batch may differ in size: when all
+sizes are equal the batch runs in one model call; otherwise each image runs on its own
+(a loop inside the graph) so that **an image's result never depends on what else is in
+the batch** (this also holds under TF Serving's server-side batching). The outputs are
+then (B, max H, max W): pixels outside an image's own ``height`` x ``width`` hold
+``classes`` = 255 (:data:`CLASSES_FILL`) and ``edge``/``probabilities`` = 0; clients crop
+with the ``height`` / ``width`` outputs. A batch of one comes back at exactly its size.
+
+**Errors.** Bytes that are not an image raise ``InvalidArgumentError`` naming the element
+(``image_bytes[i] is not a PNG, JPEG, GIF, BMP or WebP image ...``); truncated images raise
+the decoder's ``InvalidArgumentError``. Requests are independent, so the next one works.
+
+Assets: ``assets/labels.json`` (class names, colours, ignore/fill values, normalisation,
+signatures) and ``assets/config.yaml`` (the ExperimentConfig used), and TF Serving warmup
+requests in ``assets.extra/tf_serving_warmup_requests`` (see :mod:`gscnn_tf.export.warmup`).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import re
+import tempfile
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from gscnn_tf import labels as label_tables
+from gscnn_tf.config import ExperimentConfig, config_to_dict, save_config
+from gscnn_tf.utils.atomic import atomic_directory
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = "serving_default"
+IMAGE_TENSOR_SIGNATURE = "serving_image_tensor"
+BYTES_INPUT = "image_bytes"
+TENSOR_INPUT = "images"
+CLASSES_FILL = 255  # `classes` value outside an image's own area in a mixed-size batch
+LABELS_ASSET = "labels.json"
+CONFIG_ASSET = "config.yaml"
+PAD_MODES = ("edge", "mean")
+
+
+class ExportError(RuntimeError):
+    """The export could not be written or did not pass its self-check."""
+
+
+def normalization_for_config(config: ExperimentConfig) -> tuple:
+    """(mean, std) RGB tuples in 0..255 units for the configured backbone (ARCHITECTURE.md)."""
+    from gscnn_tf.backbones import normalization_for
+
+    mean, std = normalization_for(config.model.backbone)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def pad_multiple_for(config: ExperimentConfig) -> int:
+    """Input sizes the model accepts: multiples of 8 at output stride 8, of 16 at 16."""
+    return 16 if int(config.model.output_stride) == 16 else 8
+
+
+class _Holder:
+    """Keeps the Keras model out of tf.Module's object tracking (only its variables are saved)."""
+
+    def __init__(self, model):
+        self.model = model
+
+
+class GSCNNServingModule(tf.Module):
+    """The serving graph around a Keras inference model (image -> {seg_logits, edge}).
+
+    Used for the export and, in memory, by :mod:`gscnn_tf.predict` for checkpoints, so a
+    checkpoint and its SavedModel go through the same preprocessing code.
+    """
+
+    def __init__(
+        self,
+        model,
+        mean: Sequence[float],
+        std: Sequence[float],
+        pad_multiple: int = 8,
+        num_classes: Optional[int] = None,
+        with_probabilities: bool = False,
+        pad_mode: str = "edge",
+        name: str = "gscnn_serving",
+    ):
+        super().__init__(name=name)
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode {pad_mode!r}: expected one of {PAD_MODES}")
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"mean/std must be 3 RGB values with std > 0, got {mean}, {std}")
+        self._holder = _Holder(model)
+        # Saved explicitly (as keras.export.ExportArchive does) instead of the Keras object graph.
+        self.model_variables = list(model.variables)
+        if num_classes is None:
+            num_classes = int(model.output["seg_logits"].shape[-1]) if isinstance(model.output, dict) else None
+        self.num_classes = num_classes
+        self.classes_dtype = tf.uint8 if (num_classes is not None and num_classes <= 255) else tf.int32
+        self.with_probabilities = bool(with_probabilities)
+        self.pad_multiple = int(pad_multiple)
+        self.pad_mode = pad_mode
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        # The network is traced once, as its own function, and called from every signature
+        # (and both branches of the mixed-size batch logic): one copy in the saved graph.
+        self.forward = tf.function(
+            self._forward, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)], autograph=False
+        )
+        self.serve_bytes = tf.function(
+            self._serve_bytes, input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)]
+        )
+        self.serve_images = tf.function(
+            self._serve_images, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=TENSOR_INPUT)]
+        )
+
+    @property
+    def model(self):
+        return self._holder.model
+
+    # ------------------------------------------------------------------ graph pieces
+
+    def _pad(self, images: tf.Tensor) -> tf.Tensor:
+        """uint8 (B,h,w,3) -> float32 normalised (B,hp,wp,3), hp/wp the next multiples."""
+        shape = tf.shape(images)
+        h, w = shape[1], shape[2]
+        m = self.pad_multiple
+        hp = (h + m - 1) // m * m
+        wp = (w + m - 1) // m * m
+        x = tf.cast(images, tf.float32)
+        mean = tf.constant(self.mean, tf.float32)
+        std = tf.constant(self.std, tf.float32)
+        if self.pad_mode == "edge":
+            # Replicate the border rows/columns: gather with clamped indices works for any amount.
+            x = tf.gather(x, tf.minimum(tf.range(hp), h - 1), axis=1)
+            x = tf.gather(x, tf.minimum(tf.range(wp), w - 1), axis=2)
+            return (x - mean) / std
+        x = (x - mean) / std
+        return tf.pad(x, [[0, 0], [0, hp - h], [0, wp - w], [0, 0]])  # 0 = the mean colour
+
+    def _forward(self, x):
+        out = self.model(x, training=False)
+        return {"seg_logits": tf.cast(out["seg_logits"], tf.float32), "edge": tf.cast(out["edge"], tf.float32)}
+
+    def _run(self, images: tf.Tensor) -> dict:
+        """uint8 (B,h,w,3), one size -> outputs cropped to (B,h,w)."""
+        shape = tf.shape(images)
+        h, w = shape[1], shape[2]
+        out = self.forward(self._pad(images))
+        logits = out["seg_logits"][:, :h, :w, :]
+        edge = out["edge"][:, :h, :w, 0]
+        result = {"classes": tf.cast(tf.argmax(logits, axis=-1), self.classes_dtype), "edge": edge}
+        if self.with_probabilities:
+            result["probabilities"] = tf.nn.softmax(logits, axis=-1)
+        return result
+
+    def _serve_images(self, images):
+        images = tf.ensure_shape(images, [None, None, None, 3])
+        result = self._run(images)
+        shape = tf.shape(images)
+        result["height"] = tf.fill([shape[0]], shape[1])
+        result["width"] = tf.fill([shape[0]], shape[2])
+        return result
+
+    def _check_headers(self, image_bytes: tf.Tensor) -> tf.Tensor:
+        """Readable error for elements that are not images at all (before the decoder's).
+
+        Returns a True scalar that depends on the assertion; call only for a non-empty batch.
+        """
+        padded = tf.strings.join([image_bytes, tf.constant(b"\0" * 12)])
+        head = lambda pos, n: tf.strings.substr(padded, pos, n)  # noqa: E731
+        known = tf.reduce_any(
+            tf.stack(
+                [
+                    tf.equal(head(0, 8), b"\x89PNG\r\n\x1a\n"),
+                    tf.equal(head(0, 3), b"\xff\xd8\xff"),
+                    tf.equal(head(0, 6), b"GIF87a"),
+                    tf.equal(head(0, 6), b"GIF89a"),
+                    tf.equal(head(0, 2), b"BM"),
+                    tf.logical_and(tf.equal(head(0, 4), b"RIFF"), tf.equal(head(8, 4), b"WEBP")),
+                ]
+            ),
+            axis=0,
+        )
+        first_bad = tf.argmin(tf.cast(known, tf.int32), output_type=tf.int32)
+        message = tf.strings.format(
+            BYTES_INPUT + "[{}] is not a PNG, JPEG, GIF, BMP or WebP image ({} bytes, unrecognised header)",
+            [first_bad, tf.strings.length(tf.gather(image_bytes, first_bad))],
+        )
+        with tf.control_dependencies([tf.debugging.Assert(tf.reduce_all(known), [message])]):
+            return tf.constant(True)
+
+    def _serve_bytes(self, image_bytes):
+        image_bytes = tf.reshape(image_bytes, [-1])
+        n = tf.shape(image_bytes)[0]
+        checks = tf.cond(tf.equal(n, 0), lambda: tf.constant(True), lambda: self._check_headers(image_bytes))
+        with tf.control_dependencies([checks]):
+            n = tf.identity(n)
+
+        def decode(i, images, heights, widths):
+            img = tf.io.decode_image(image_bytes[i], channels=3, dtype=tf.uint8, expand_animations=False)
+            img = tf.ensure_shape(img, [None, None, 3])
+            s = tf.shape(img)
+            return i + 1, images.write(i, img), heights.write(i, s[0]), widths.write(i, s[1])
+
+        images = tf.TensorArray(tf.uint8, size=n, infer_shape=False, element_shape=[None, None, 3])
+        heights = tf.TensorArray(tf.int32, size=n)
+        widths = tf.TensorArray(tf.int32, size=n)
+        _, images, heights, widths = tf.while_loop(
+            lambda i, *_: i < n, decode, [tf.constant(0), images, heights, widths]
+        )
+        heights = tf.reshape(heights.stack(), [-1])
+        widths = tf.reshape(widths.stack(), [-1])
+        max_h = tf.reduce_max(tf.concat([heights, [0]], 0))
+        max_w = tf.reduce_max(tf.concat([widths, [0]], 0))
+        same_size = tf.logical_and(
+            tf.greater(n, 0),
+            tf.logical_and(tf.reduce_all(tf.equal(heights, max_h)), tf.reduce_all(tf.equal(widths, max_w))),
+        )
+
+        def batched():
+            stacked = tf.reshape(images.stack(), [n, max_h, max_w, 3])
+            return self._run(stacked)
+
+        def one_by_one():
+            def body(i, *arrays):
+                out = self._run(images.read(i)[tf.newaxis])
+                h, w = heights[i], widths[i]
+                paddings = [[0, max_h - h], [0, max_w - w]]
+                written = []
+                for key, array in zip(self._output_keys(), arrays):
+                    value = out[key][0]
+                    extra = [[0, 0]] if key == "probabilities" else []
+                    fill = CLASSES_FILL if key == "classes" else 0
+                    value = tf.pad(value, paddings + extra, constant_values=tf.cast(fill, value.dtype))
+                    written.append(array.write(i, value))
+                return (i + 1, *written)
+
+            arrays = [tf.TensorArray(self._output_dtype(key), size=n) for key in self._output_keys()]
+            _, *arrays = tf.while_loop(lambda i, *_: i < n, body, [tf.constant(0), *arrays])
+            result = {}
+            for key, array in zip(self._output_keys(), arrays):
+                shape = [n, max_h, max_w] + ([-1] if key == "probabilities" else [])
+                if key == "probabilities" and self.num_classes is not None:
+                    shape[-1] = self.num_classes
+                result[key] = tf.reshape(array.stack(), shape)
+            return result
+
+        result = tf.cond(same_size, batched, one_by_one)
+        result["height"] = heights
+        result["width"] = widths
+        return result
+
+    def _output_keys(self) -> list:
+        return ["classes", "edge"] + (["probabilities"] if self.with_probabilities else [])
+
+    def _output_dtype(self, key: str):
+        return self.classes_dtype if key == "classes" else tf.float32
+
+    # ------------------------------------------------------------------ metadata
+
+    def metadata(self) -> dict:
+        outputs = {
+            "classes": f"{self.classes_dtype.name} (B,H,W) train ids; {CLASSES_FILL} outside an image's own "
+            "height x width in a mixed-size batch",
+            "edge": "float32 (B,H,W) boundary probability in [0,1]",
+            "height": "int32 (B,) each image's own height",
+            "width": "int32 (B,) each image's own width",
+        }
+        if self.with_probabilities:
+            outputs["probabilities"] = "float32 (B,H,W,K) softmax class probabilities"
+        return {
+            "signatures": {
+                DEFAULT_SIGNATURE: {"inputs": {BYTES_INPUT: "string (B,) encoded PNG/JPEG/GIF/BMP/WebP"}},
+                IMAGE_TENSOR_SIGNATURE: {"inputs": {TENSOR_INPUT: "uint8 (B,H,W,3) RGB"}},
+                "outputs": outputs,
+            },
+            "normalization": {"mean": list(self.mean), "std": list(self.std)},
+            "pad_multiple": self.pad_multiple,
+            "pad_mode": self.pad_mode,
+            "classes_fill_value": CLASSES_FILL,
+        }
+
+
+def build_serving_module(model, config: ExperimentConfig, with_probabilities: bool = False, pad_mode: str = "edge",
+                         mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None):
+    """The serving module for ``model`` with the normalisation and stride of ``config``."""
+    if mean is None or std is None:
+        mean, std = normalization_for_config(config)
+    return GSCNNServingModule(
+        model,
+        mean=mean,
+        std=std,
+        pad_multiple=pad_multiple_for(config),
+        num_classes=int(config.model.num_classes),
+        with_probabilities=with_probabilities,
+        pad_mode=pad_mode,
+    )
+
+
+# ---------------------------------------------------------------------------- versions
+
+
+def existing_versions(export_dir: str) -> list:
+    """Sorted integer version directories under ``export_dir`` (what TF Serving would see)."""
+    if not os.path.isdir(export_dir):
+        return []
+    return sorted(int(n) for n in os.listdir(export_dir)
+                  if re.fullmatch(r"\d+", n) and os.path.isdir(os.path.join(export_dir, n)))
+
+
+def next_version(export_dir: str) -> int:
+    versions = existing_versions(export_dir)
+    return versions[-1] + 1 if versions else 1
+
+
+def find_saved_model(path: str, version: Optional[int] = None) -> str:
+    """A SavedModel directory, or an export root -> its highest (or the given) complete version."""
+    if version is None and os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    complete = [v for v in existing_versions(path) if os.path.isfile(os.path.join(path, str(v), "saved_model.pb"))]
+    if version is not None:
+        if version not in complete:
+            raise FileNotFoundError(f"{path}: no SavedModel version {version} (found {complete or 'none'})")
+        return os.path.join(path, str(version))
+    if not complete:
+        raise FileNotFoundError(f"{path}: not a SavedModel (no saved_model.pb) nor an export dir with versions")
+    return os.path.join(path, str(complete[-1]))
+
+
+def is_saved_model_path(path: str) -> bool:
+    """True for a SavedModel directory or an export root holding at least one complete version."""
+    try:
+        find_saved_model(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def export_saved_model(
+    model,
+    config: ExperimentConfig,
+    export_dir: str,
+    version: Optional[int] = None,
+    overwrite: bool = False,
+    with_probabilities: bool = False,
+    pad_mode: str = "edge",
+    warmup: bool = True,
+    warmup_images: Optional[Sequence] = None,
+    warmup_size: tuple = (256, 512),
+    model_name: str = "gscnn",
+    verify: bool = True,
+    source: Optional[str] = None,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+) -> str:
+    """Writes ``<export_dir>/<version>/`` atomically and returns its path.
+
+    ``version`` defaults to the next integer. An existing version is an error unless
+    ``overwrite``. ``warmup_images``: encoded image bytes (or file paths) for the warmup
+    requests; synthetic images of ``warmup_size`` (H, W) otherwise. ``verify`` reloads the
+    written SavedModel (before it is published) and checks that it reproduces the
+    in-memory model's class map on the warmup images.
+    """
+    from gscnn_tf.export import warmup as warmup_lib
+
+    if version is None:
+        version = next_version(export_dir)
+    if int(version) < 1:
+        raise ExportError(f"version {version}: TF Serving needs a positive integer version")
+    target = os.path.join(export_dir, str(int(version)))
+    if os.path.exists(target) and not overwrite:
+        raise FileExistsError(f"{target}: version {version} already exists (use --overwrite or another --version)")
+    module = build_serving_module(model, config, with_probabilities=with_probabilities, pad_mode=pad_mode,
+                                  mean=mean, std=std)
+    samples = warmup_lib.load_or_make_samples(warmup_images, warmup_size)
+    meta = module.metadata()
+    meta.update(
+        {
+            "class_names": list(label_tables.CLASS_NAMES[: config.model.num_classes]),
+            "class_colors": label_tables.CLASS_COLORS[: config.model.num_classes].tolist(),
+            "ignore_label": label_tables.IGNORE_LABEL,
+            "num_classes": int(config.model.num_classes),
+            "model_name": model_name,
+            "version": int(version),
+            "source_checkpoint": source,
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "tensorflow_version": tf.__version__,
+            "config": config_to_dict(config),
+        }
+    )
+    with tempfile.TemporaryDirectory(prefix="gscnn_export_assets_") as assets_src:
+        labels_path = os.path.join(assets_src, LABELS_ASSET)
+        with open(labels_path, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2)
+        config_path = os.path.join(assets_src, CONFIG_ASSET)
+        save_config(config, config_path)
+        # Tracked assets are copied into <version>/assets/ and reachable after loading.
+        module.labels_asset = tf.saved_model.Asset(labels_path)
+        module.config_asset = tf.saved_model.Asset(config_path)
+        signatures = {
+            DEFAULT_SIGNATURE: module.serve_bytes.get_concrete_function(),
+            IMAGE_TENSOR_SIGNATURE: module.serve_images.get_concrete_function(),
+        }
+        with atomic_directory(target, overwrite=overwrite) as tmp:
+            logger.info("writing SavedModel to %s", target)
+            tf.saved_model.save(module, tmp, signatures=signatures)
+            if warmup:
+                warmup_lib.write_warmup_requests(tmp, samples, model_name=model_name)
+            if verify:
+                _verify(tmp, module, samples)
+    logger.info("exported %s", target)
+    return target
+
+
+def _verify(path: str, module: GSCNNServingModule, samples: list) -> None:
+    """Reloads the SavedModel and compares its class maps with the in-memory module's."""
+    loaded = tf.saved_model.load(path)
+    serve = loaded.signatures[DEFAULT_SIGNATURE]
+    for i, encoded in enumerate(samples):
+        got = serve(**{BYTES_INPUT: tf.constant([encoded])})
+        want = module.serve_bytes(tf.constant([encoded]))
+        agree = float(np.mean(got["classes"].numpy() == want["classes"].numpy()))
+        if agree < 0.999:
+            raise ExportError(f"{path}: reloaded model disagrees with the in-memory model on warmup image {i} "
+                              f"({agree:.4%} of pixels agree)")
+    logger.info("verified the reloaded SavedModel on %d image(s)", len(samples))

@@ -21,6 +21,7 @@ The dataset yields ``(image (1,H,W,3), targets)`` or ``(image, targets, filename
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import io
 import json
@@ -216,6 +217,7 @@ def evaluate(
     save_predictions: bool = False,
     class_names: Optional[Sequence[str]] = None,
     progress: Optional[bool] = None,
+    boundary_workers: int = 2,
 ) -> dict:
     """Evaluates ``model`` on ``dataset``; returns a JSON-serialisable report dict.
 
@@ -224,7 +226,8 @@ def evaluate(
     label-id PNGs to ``output_dir/predictions``; ``eval_config.official_eval`` also writes
     the ground truth as label-id PNGs (ignore -> 0 "unlabeled") to ``output_dir/gt_labelIds``
     and runs Cityscapes' ``evaluateImgLists`` on them (needs ``output_dir``; 19 classes).
-    ``progress``: tqdm bar (default: when stderr is a TTY).
+    ``progress``: tqdm bar (default: when stderr is a TTY). ``boundary_workers``: threads
+    computing the boundary F-score (NumPy/SciPy, CPU) concurrently with inference.
     """
     cfg = eval_config or EvalConfig()
     official = bool(cfg.official_eval)
@@ -245,6 +248,8 @@ def evaluate(
     start = time.time()
     n = 0
     bar = tqdm(total=max_images, desc="evaluate", unit="img", disable=not progress)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, int(boundary_workers)))
+    pending: list = []
     try:
         for element in dataset:
             if max_images is not None and n >= max_images:
@@ -253,7 +258,10 @@ def evaluate(
             height, width = label.shape
             pred = predictor.labels(image)
             total += confusion_matrix(label, pred, num_classes, ignore_label)
-            boundary.update(pred, label)
+            # Boundary F (CPU) runs in worker threads while the accelerator infers the next images.
+            pending.append(pool.submit(boundary.compute, pred, label))
+            while len(pending) > 2 * boundary_workers:
+                boundary.add(*pending.pop(0).result())
             if distance is not None:
                 for fraction in distance.fractions:
                     box = distance.box((height, width), fraction)
@@ -281,8 +289,11 @@ def evaluate(
                     gt_paths.append(gt_path)
             n += 1
             bar.update(1)
+        for future in pending:
+            boundary.add(*future.result())
     finally:
         bar.close()
+        pool.shutdown(wait=True, cancel_futures=True)
     if n == 0:
         raise ValueError("evaluation dataset is empty")
     seconds = time.time() - start

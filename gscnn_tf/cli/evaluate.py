@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the predictions as Cityscapes label-id PNGs to OUT/predictions")
     p.add_argument("--out", help="output directory (default: RUN_DIR/eval_SPLIT)")
     p.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    p.add_argument("--boundary-workers", type=int, default=2,
+                   help="CPU threads computing the boundary F-score while the model infers (default 2)")
     add_common_flags(p)
     return p
 
@@ -75,6 +77,8 @@ def main(argv=None) -> int:
     configure_logging(args)
     if args.max_images is not None and args.max_images <= 0:
         return fail(f"--max-images must be positive, got {args.max_images}")
+    if args.boundary_workers <= 0:
+        return fail(f"--boundary-workers must be positive, got {args.boundary_workers}")
     if args.scales is not None and any(s <= 0 for s in args.scales):
         return fail(f"--scales must be positive, got {args.scales}")
     if args.vanishing_point is not None and not all(0.0 <= v <= 1.0 for v in args.vanishing_point):
@@ -124,6 +128,7 @@ def main(argv=None) -> int:
             distance_mode=None if args.distance_mode == "off" else args.distance_mode,
             vanishing_point=args.vanishing_point, output_dir=out_dir,
             save_predictions=args.save_predictions, progress=progress_enabled(args),
+            boundary_workers=args.boundary_workers,
         )
     except ValueError as exc:
         return fail(str(exc))

@@ -221,17 +221,29 @@ class BoundaryFScore:
         self.count_present = np.zeros(self.num_classes, dtype=np.int64)
         self.pixel_tolerances_used: list = [set() for _ in range(t)]
 
+    def compute(self, pred: np.ndarray, gt: np.ndarray) -> tuple:
+        """One image's ``(f (num_classes, T), empty (num_classes,), pixel tolerances)``.
+
+        Pure (no state change), so it may run in worker threads; pass the result to
+        :meth:`add`.
+        """
+        tol = scaled_tolerances(self.tolerances_px, np.shape(gt), self.reference_size)
+        f, empty = image_boundary_f(pred, gt, self.num_classes, tol, self.ignore_label)
+        return f, empty, tol
+
     def update(self, pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
         """Adds one image; returns its (num_classes, T) F values."""
-        tol = scaled_tolerances(self.tolerances_px, np.shape(gt), self.reference_size)
+        result = self.compute(pred, gt)
+        self.add(*result)
+        return result[0]
+
+    def add(self, f: np.ndarray, empty: np.ndarray, tol: Sequence[int]) -> None:
         for used, d in zip(self.pixel_tolerances_used, tol):
             used.add(d)
-        f, empty = image_boundary_f(pred, gt, self.num_classes, tol, self.ignore_label)
         self.f_sum += f
         self.num_images += 1
         self.f_sum_present[~empty] += f[~empty]
         self.count_present += ~empty
-        return f
 
     def per_class(self) -> np.ndarray:
         """(num_classes, T) official per-class F (mean over all images)."""

@@ -84,6 +84,11 @@ def main(argv=None) -> int:
     if args.vanishing_point is not None and not all(0.0 <= v <= 1.0 for v in args.vanishing_point):
         return fail(f"--vanishing-point must be fractions in [0, 1], got {args.vanishing_point}")
 
+    if not os.path.exists(args.checkpoint):  # before importing TensorFlow: fail fast
+        return fail(f"{args.checkpoint}: checkpoint not found")
+    if args.config and not os.path.isfile(args.config):
+        return fail(f"{args.config}: config file not found")
+
     from gscnn_tf.checkpoints import CheckpointError, find_run_config, load_inference_model, resolve_checkpoint
     from gscnn_tf.config import ConfigError, load_config
 

@@ -14,9 +14,9 @@ even under a mixed-precision policy): ``seg_logits`` (B, H, W, num_classes) and 
 (B, H, W, 1) edge probability (constant zeros with ``shape_stream=False``).
 
 Input size: any H, W work and the outputs always have the input's size (every resolution
-change resizes to a reference tensor), but features are only pixel-aligned when H and W are
-multiples of the output stride (32 is safest: the backbone's undilated stages round odd
-sizes up), which is the contract's requirement for training and evaluation.
+change resizes to a reference tensor), but feature grids are only pixel-aligned with the
+image when H and W are multiples of the output stride (strided convs round odd sizes), so
+the contract asks for multiples of 8 (16 at output stride 16) in training and evaluation.
 """
 from __future__ import annotations
 

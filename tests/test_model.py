@@ -180,13 +180,13 @@ def test_mixed_precision_keeps_outputs_float32():
 # ----------------------------------------------------------------------------- SyncBN
 
 
-def test_batch_norms_are_synchronized_under_mirrored_strategy():
+def test_batch_norms_are_synchronized_under_mirrored_strategy(tiny_model):
     assert len(tf.config.list_logical_devices("CPU")) >= 2, "conftest should split the CPU"
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         synced = build_gscnn(tiny_config())
         unsynced = build_gscnn(tiny_config(sync_batchnorm=False))
-    plain = build_gscnn(tiny_config())  # "auto" outside a strategy
+    plain = tiny_model  # "auto", built outside a strategy
 
     def sync_flags(model):
         return [layer.synchronized for layer in all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]

@@ -3,6 +3,7 @@
 Importing this package registers every custom layer for ``.keras`` deserialisation.
 """
 from gscnn_tf.layers.aspp import ShapeAwareASPP, atrous_rates_for
+from gscnn_tf.layers.canny import CannyEdges
 from gscnn_tf.layers.decoder import DeepLabV3PlusDecoder
 from gscnn_tf.layers.gated_conv import GatedConv2D
 from gscnn_tf.layers.normalization import batch_norm, resolve_sync
@@ -12,6 +13,7 @@ from gscnn_tf.layers.shape_stream import ShapeStream, ZeroEdgeMap
 
 __all__ = [
     "BasicBlock",
+    "CannyEdges",
     "DeepLabV3PlusDecoder",
     "GatedConv2D",
     "ResizeToReference",
@@ -23,10 +25,3 @@ __all__ = [
     "resize_like",
     "resolve_sync",
 ]
-
-try:  # CannyEdges is built in parallel (gscnn_tf/layers/canny.py); export it once it exists.
-    from gscnn_tf.layers.canny import CannyEdges  # noqa: F401
-
-    __all__.append("CannyEdges")
-except ImportError:  # pragma: no cover - only while canny.py has not landed
-    pass

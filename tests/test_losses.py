@@ -453,3 +453,25 @@ def test_keras_fit_under_mirrored_strategy_applies_the_global_gradient():
     for w0, w1, g in zip(before, inner.trainable_weights, grads):
         np.testing.assert_allclose(w0 - w1.numpy(), g, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(history.history["loss"][0], float(total), rtol=1e-5)
+
+
+def test_replicas_draw_independent_gumbel_noise():
+    """Same inputs on both replicas: same forward value, different (noisy) gradients."""
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    y_true, y_pred = make_batch(13, b=1, h=16, w=16)
+    t, logits = tensors(y_true), tf.constant(y_pred["seg_logits"])
+    with strategy.scope():
+        loss = DualTaskLoss(seed=21)
+
+    def fn():
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            value = loss(t, {"seg_logits": logits})
+        return value, tape.gradient(value, logits)
+
+    values, grads = tf.function(lambda: strategy.run(fn))()
+    v0, v1 = [v.numpy() for v in strategy.experimental_local_results(values)]
+    g0, g1 = [g.numpy() for g in strategy.experimental_local_results(grads)]
+    assert v0 == pytest.approx(v1) and v0 > 0
+    assert np.abs(g0).sum() > 0 and np.abs(g1).sum() > 0
+    assert not np.allclose(g0, g1)

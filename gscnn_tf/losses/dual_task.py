@@ -12,7 +12,8 @@ Conventions (chosen so that a NumPy/SciPy reimplementation matches exactly):
   ``softmax((logits + g) / tau)``, ``g ~ Gumbel(0, 1)`` (straight-through estimator:
   ``y = soft + stop_gradient(hard - soft)``). ``logits`` may replace ``log p`` because
   softmax is invariant to the per-pixel ``logsumexp`` shift. Noise comes from a
-  ``keras.random.SeedGenerator`` (seed in the config); ``gumbel_noise=False`` gives the
+  ``keras.random.SeedGenerator`` (seed in the config), offset by the replica id under
+  tf.distribute so replicas draw independent noise; ``gumbel_noise=False`` gives the
   plain softmax straight-through estimator (deterministic gradient).
 * **G**: separable Gaussian, std ``sigma``, radius ``int(truncate * sigma + 0.5)``,
   normalised, symmetric border extension (``scipy.ndimage.gaussian_filter(mode="reflect",
@@ -37,6 +38,7 @@ import math
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from gscnn_tf.losses.segmentation import DictLoss, global_sum, labels_of
@@ -125,6 +127,19 @@ class DualTaskLoss(DictLoss):
         """Chebyshev radius of the pixels one zeta value depends on (Gaussian + Sobel)."""
         return (len(self._kernel1d) - 1) // 2 + 1
 
+    def _replica_seed(self):
+        """The SeedGenerator's next seed, made distinct per replica.
+
+        Under tf.distribute every replica reads the same generator state, so without the
+        replica id all replicas would draw the same noise field (hence the TF ops here).
+        """
+        seed = tf.cast(tf.math.floormod(self.seed_generator.next(), 2**31 - 1), tf.int32)
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            replica = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+            seed = seed + tf.stack([tf.constant(0, tf.int32), replica * 1000003])
+        return seed
+
     def straight_through_argmax(self, logits):
         """Hard one-hot argmax forward, Gumbel-softmax gradient. (B,H,W,K) -> (B,H,W,K)."""
         num_classes = logits.shape[-1]
@@ -132,7 +147,9 @@ class DualTaskLoss(DictLoss):
         perturbed = logits
         if self.gumbel_noise:
             # Uniform in (0, 1): minval > 0 keeps -log(-log(u)) finite.
-            u = keras.random.uniform(ops.shape(logits), minval=1e-7, maxval=1.0, seed=self.seed_generator)
+            u = tf.random.stateless_uniform(
+                tf.shape(logits), seed=self._replica_seed(), minval=1e-7, maxval=1.0, dtype=tf.float32
+            )
             perturbed = logits + (-ops.log(-ops.log(u)))
         soft = ops.softmax(perturbed / self.tau, axis=-1)
         return soft + ops.stop_gradient(hard - soft)

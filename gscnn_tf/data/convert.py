@@ -326,6 +326,14 @@ def _cleanup_split(out_dir: str, split: str, keep: set) -> None:
                     os.remove(p)
 
 
+def make_executor(workers: int) -> cf.ProcessPoolExecutor:
+    """Process pool for shard writing: 'fork' while TensorFlow is not loaded here (fast start),
+    'spawn' once it is (forking an initialised TF runtime is unsafe)."""
+    method = "fork" if "tensorflow" not in sys.modules and "fork" in multiprocessing.get_all_start_methods() \
+        else "spawn"
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+
+
 def default_num_shards(num_examples: int) -> int:
     """About 100 images per shard (Cityscapes train: 30 shards of ~230 MB)."""
     return max(1, math.ceil(num_examples / 100))
@@ -342,12 +350,14 @@ def convert_samples(
     shuffle_seed: Optional[int] = None,
     progress: bool = False,
     force: bool = False,
+    executor: Optional[cf.Executor] = None,
     _on_record: Optional[Callable[[int, int], None]] = None,
 ) -> dict:
     """Validates ``samples`` (header pre-pass), writes sharded TFRecords and the manifest.
 
     ``shuffle_seed`` (None = keep name order) shuffles the samples deterministically before
-    sharding. Shards whose sidecar matches are reused unless ``force``. ``_on_record`` is a
+    sharding. Shards whose sidecar matches are reused unless ``force``. With ``workers > 1``
+    shards are written by a process pool (``executor``, or one made here). ``_on_record`` is a
     test hook called as ``(shard_index, record_index)`` after each record (in-process only).
     Returns the manifest dict.
     """
@@ -407,8 +417,8 @@ def convert_samples(
                         _on_record(_i, r)
                 finish(i, path, fp, write_shard(path, chunk, mapping.lut, mapping.accepted, on_record))
         else:
-            ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+            with contextlib.ExitStack() as stack:
+                pool = executor or stack.enter_context(make_executor(min(workers, len(todo))))
                 futures = {pool.submit(_worker_write_shard, (path, chunk, mapping.lut, mapping.accepted)):
                            (i, path, chunk, fp) for i, path, chunk, fp in todo}
                 try:
@@ -417,7 +427,9 @@ def convert_samples(
                         finish(i, path, fp, fut.result())
                         bar.update(len(chunk))
                 except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)
+                    for fut in futures:
+                        fut.cancel()
+                    cf.wait(futures)  # running shards finish (complete) or clean up their temp files
                     raise
     finally:
         bar.close()
@@ -465,12 +477,15 @@ def convert_cityscapes(
     mapping = cityscapes_mapping()
     found = {split: discover_cityscapes(root, split) for split in splits}  # fail before writing anything
     out = {}
-    for split, samples in found.items():
-        shards = num_shards.get(split) if isinstance(num_shards, dict) else num_shards
-        out[split] = convert_samples(
-            samples, out_dir, split, mapping, num_shards=shards, workers=workers,
-            source={"kind": f"cityscapes-{kind}", "root": os.path.abspath(root)},
-            shuffle_seed=0 if split == "train" else None, progress=progress, force=force, _on_record=_on_record)
+    with contextlib.ExitStack() as stack:
+        executor = stack.enter_context(make_executor(workers)) if workers > 1 else None
+        for split, samples in found.items():
+            shards = num_shards.get(split) if isinstance(num_shards, dict) else num_shards
+            out[split] = convert_samples(
+                samples, out_dir, split, mapping, num_shards=shards, workers=workers,
+                source={"kind": f"cityscapes-{kind}", "root": os.path.abspath(root)},
+                shuffle_seed=0 if split == "train" else None, progress=progress, force=force,
+                executor=executor, _on_record=_on_record)
     return out
 
 

@@ -360,8 +360,12 @@ def markdown_report(report: dict) -> str:
         f"| pixel accuracy | {_pct(report['pixel_accuracy'])} |",
         f"| mean class accuracy | {_pct(report['mean_class_accuracy'])} |",
     ]
+    ref = "x".join(str(v) for v in report.get("boundary_reference_size", []))
     for key, entry in report.get("boundary_f", {}).items():
-        lines.append(f"| boundary F @ {key} px | {_pct(entry['f'])} |")
+        used = ",".join(str(v) for v in entry.get("tolerance_px_used", []))
+        lines.append(f"| boundary F @ {key} px at {ref} ({used} px here) | {_pct(entry['f'])} |")
+    for key, entry in report.get("boundary_f", {}).items():
+        lines.append(f"| boundary F @ {key} px, images where the class has a boundary | {_pct(entry.get('f_present'))} |")
     dist = report.get("distance")
     if dist:
         for key, entry in dist["fractions"].items():

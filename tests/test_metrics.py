@@ -328,3 +328,16 @@ def test_distance_iou_accumulates_per_fraction():
     assert res["fractions"]["0.5"]["num_pixels"] == 10 * 20
     with pytest.raises(ValueError):
         distance.DistanceIoU([1.0], mode="bogus")
+
+
+def test_streaming_miou_under_xla():
+    import tensorflow as tf
+
+    metric = confusion.StreamingMeanIoU(num_classes=5)
+    batches = _batches(seed=11, n=2)
+    update = tf.function(metric.update_state, jit_compile=True)
+    for gt, logits in batches:
+        update(gt, logits)
+    gt = np.concatenate([b[0] for b in batches])
+    pred = np.concatenate([b[1] for b in batches]).argmax(-1)
+    np.testing.assert_array_equal(metric.confusion(), _loop_confusion(gt, pred, 5))

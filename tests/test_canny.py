@@ -165,6 +165,18 @@ def test_batch_and_non_square_sizes():
     assert_matches(run(CannyEdges(), tall[None])[0, ..., 0], cv2.Canny(tall, 10, 100), "tall")
 
 
+def test_tiny_images_and_noise_match_cv2():
+    """Borders dominate tiny images; uniform noise stresses ties and long weak chains."""
+    rng = np.random.default_rng(0)
+    for h, w in [(1, 1), (1, 7), (2, 2), (3, 5), (7, 1)]:
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        assert_matches(run(CannyEdges(), img[None])[0, ..., 0], cv2.Canny(img, 10, 100), f"{h}x{w}")
+    img = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    for low, high in [(10, 100), (200, 600)]:
+        out = run(CannyEdges(low, high), img[None])[0, ..., 0]
+        assert_matches(out, cv2.Canny(img, low, high), f"noise {low}/{high}")
+
+
 def test_constant_image_has_no_edges():
     img = np.full((1, 33, 47, 3), 77, np.uint8)
     out = run(CannyEdges(), img)

@@ -92,8 +92,9 @@ class CannyEdges(keras.layers.Layer):
             radius).
         max_hysteresis_iterations: bound on the dilation loop (None = until convergence). Each
             iteration extends edges by one pixel along chains of weak pixels, and the loop stops
-            early at convergence, so typical photos need a few dozen to a few hundred
-            iterations. A finite bound caps the worst-case cost (one 3x3 max-pool over the batch
+            early at convergence (measured with thresholds 10/100: 29 iterations on the
+            512x1024 street test scene, 70-102 on skimage's astronaut/coffee/chelsea, 198 on
+            coffee resized to 1024x2048). A finite bound caps the worst-case cost (one 3x3 max-pool over the batch
             per iteration) at the price of dropping weak pixels whose path to the nearest strong
             pixel is longer than the bound (fewer edges than OpenCV, never extra ones).
         l2_gradient: use dx^2 + dy^2 (compared with squared thresholds) like OpenCV's

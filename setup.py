@@ -20,6 +20,7 @@ setup(
         "cityscapesscripts>=2.2,<3",
         "tensorflow-serving-api>=2.21,<2.22",
         "pyyaml>=6,<7",
+        "tensorboard>=2.20",
         "tqdm>=4.60",
     ],
     extras_require={

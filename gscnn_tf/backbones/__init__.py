@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 from gscnn_tf.backbones import mobilenet_v2, resnet
 
@@ -77,12 +78,14 @@ def build_backbone(name, output_stride=8, pretrained=None, alpha=1.0, sync_batch
         pretrained = os.fspath(pretrained)
         if not os.path.isfile(pretrained):
             raise FileNotFoundError(f"Backbone weights file not found: {pretrained!r}")
+    # Load the weight source first, so a bad file fails before the (slow) model build.
+    source = None if pretrained is None else _load_source(name, pretrained, alpha)
     if name == "mobilenetv2":
         model = mobilenet_v2.build_mobilenet_v2(output_stride, alpha=alpha, sync_batchnorm=sync_batchnorm)
     else:
         model = resnet.build_resnet(name, output_stride, sync_batchnorm=sync_batchnorm)
-    if pretrained is not None:
-        load_pretrained(model, name, pretrained, alpha=alpha)
+    if source is not None:
+        _copy_weights(source, model, name, _source_label(pretrained))
     return model
 
 
@@ -92,6 +95,32 @@ def _source_model(name, weights, alpha):
     return resnet.keras_application(name, weights)
 
 
+def _source_label(pretrained):
+    return "ImageNet weights" if pretrained == "imagenet" else repr(pretrained)
+
+
+def _load_source(name, pretrained, alpha):
+    """The keras.applications model holding the weights to transfer."""
+    if pretrained == "imagenet":
+        return _source_model(name, "imagenet", alpha)
+    source = _source_model(name, None, alpha)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            source.load_weights(pretrained)
+        except Exception as err:  # Keras raises assorted types for foreign/corrupt files
+            raise ValueError(
+                f"Cannot load {pretrained!r} as keras.applications {name} (alpha={alpha}) weights: {err}"
+            ) from err
+    # Keras only warns when parts of the model find nothing in the file; that is a wrong file too.
+    skipped = [str(w.message) for w in caught if "Skipping" in str(w.message)]
+    if skipped:
+        raise ValueError(f"{pretrained!r} does not hold all keras.applications {name} weights: {skipped[0]}")
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return source
+
+
 def load_pretrained(model, name, pretrained, alpha=1.0):
     """Copies keras.applications weights into ``model`` (built by ``build_backbone``) by name.
 
@@ -99,18 +128,12 @@ def load_pretrained(model, name, pretrained, alpha=1.0):
     model. For ResNets, ``conv1_conv``'s kernel is flipped BGR -> RGB on its input-channel axis.
     Raises ``ValueError`` naming the file when it does not fit the architecture.
     """
-    source_label = "ImageNet weights" if pretrained == "imagenet" else repr(pretrained)
-    if pretrained == "imagenet":
-        source = _source_model(name, "imagenet", alpha)
-    else:
-        source = _source_model(name, None, alpha)
-        try:
-            source.load_weights(pretrained)
-        except Exception as err:  # Keras raises assorted types for foreign/corrupt files
-            raise ValueError(
-                f"Cannot load {pretrained!r} as keras.applications {name} (alpha={alpha}) weights: {err}"
-            ) from err
+    if pretrained != "imagenet" and not os.path.isfile(os.fspath(pretrained)):
+        raise FileNotFoundError(f"Backbone weights file not found: {os.fspath(pretrained)!r}")
+    return _copy_weights(_load_source(name, pretrained, alpha), model, name, _source_label(pretrained))
 
+
+def _copy_weights(source, model, name, source_label):
     source_layers = {layer.name: layer for layer in source.layers if layer.weights}
     copied = set()
     for layer in model.layers:

@@ -250,3 +250,26 @@ def test_cli_end_to_end_on_tfrecords(tmp_path, capsys):
     report = json.load(open(out / "metrics.json"))
     assert report["num_images"] == 2 and report["flip"] is True
     assert "| mIoU |" in capsys.readouterr().out
+
+
+def test_distance_resize_mode_reinfers_on_the_upsampled_crop():
+    model = _conv_model(3, seed=12)
+    rng = np.random.default_rng(13)
+    labels = _label_maps(n=1, seed=13)
+    images = rng.normal(size=labels.shape + (3,)).astype(np.float32)
+    cfg = _cfg(distance_crop_fractions=[0.5])
+    got = evaluation.evaluate(model, _dataset(labels, images=images), cfg, num_classes=K, distance_mode="resize",
+                              vanishing_point=(0.25, 0.75))
+    top, left, h, w = distance.crop_box((32, 48), 0.5, (0.25, 0.75))
+    assert (top, left, h, w) == (16, 0, 16, 24)  # touches the bottom-left corner
+    region = tf.image.resize(images[:, top:top + h, left:left + w], (32, 48))
+    probs = tf.nn.softmax(model(region)["seg_logits"])
+    pred = np.argmax(tf.image.resize(probs, (h, w)).numpy()[0], axis=-1)
+    gt = labels[0, top:top + h, left:left + w]
+    ious = []
+    for c in range(K):
+        union = np.sum(((gt == c) | (pred == c)) & (gt != 255))
+        if union:
+            ious.append(np.sum((gt == c) & (pred == c)) / union)
+    assert got["distance"]["fractions"]["0.5"]["miou"] == pytest.approx(np.mean(ious))
+    assert got["distance"]["vanishing_point"] == [0.25, 0.75] and got["distance"]["mode"] == "resize"

@@ -188,3 +188,31 @@ def test_blur_probability(sample):
     assert sum(not np.allclose(a, image, atol=0.5) for a in always) >= 2
     half = [np.array_equal(aug.random_blur(x, 0.5, aug.RandomSource([1, i])).numpy(), image) for i in range(40)]
     assert 8 <= sum(half) <= 32
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.83, 1.0, 1.37, 2.0])
+def test_fused_scale_and_crop_equals_full_resize_then_slice(scale):
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
+    label = rng.integers(0, 19, size=(37, 53), dtype=np.uint8)
+    full_image, full_label = aug.scale_image_and_label(tf.constant(image), tf.constant(label), scale)
+    oh, ow = full_label.shape
+    for y0, x0, h, w in [(0, 0, oh, ow), (0, 0, min(oh, 9), min(ow, 11)), (oh - 5, ow - 7, 5, 7), (oh // 3, ow // 2, oh // 2, ow // 3)]:
+        out_image, out_label = aug.scale_and_crop(tf.constant(image), tf.constant(label), (oh, ow), (y0, x0, h, w))
+        np.testing.assert_allclose(out_image.numpy(), full_image.numpy()[y0 : y0 + h, x0 : x0 + w], atol=1e-4)
+        np.testing.assert_array_equal(out_label.numpy(), full_label.numpy()[y0 : y0 + h, x0 : x0 + w])
+
+
+def test_augmented_crop_is_a_window_of_the_scaled_image(sample):
+    image, label = sample
+    for i in range(4):
+        out_image, out_label = _augment(image, label, [21, i], crop_size=(16, 24), hflip=False, min_scale=0.9, max_scale=1.9)
+        scale = float(aug.RandomSource([21, i]).uniform(aug._TAG_SCALE, 0.9, 1.9))
+        full_image, full_label = aug.scale_image_and_label(tf.constant(image), tf.constant(label), scale)
+        full_image, full_label = full_image.numpy(), full_label.numpy()
+        oh, ow = full_label.shape
+        hits = [(y, x) for y in range(oh - 16 + 1) for x in range(ow - 24 + 1)
+                if np.allclose(full_image[y : y + 16, x : x + 24], out_image, atol=1e-4)]
+        assert len(hits) == 1
+        y, x = hits[0]
+        np.testing.assert_array_equal(out_label, full_label[y : y + 16, x : x + 24])

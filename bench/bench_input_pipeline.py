@@ -1,0 +1,141 @@
+"""Throughput of the training input pipeline, stage by stage, in one run.
+
+Writes a small TFRecord set of synthetic street scenes (``gscnn_tf.data.synthetic``,
+PNG-encoded like Cityscapes), then times ``build_train_dataset`` cut after each stage:
+
+  read+parse    TFRecord interleave, shuffle, tf.Example parsing
+  +decode       PNG decoding of image and label
+  +augment      random scale, crop/pad, flip, colour jitter, blur, normalise, batch
+  +boundary     GT boundary maps of the augmented labels (= the full pipeline)
+
+Every stage runs on the same records with the same options (repeat, warm-up, then a
+timed number of images), so the rows are comparable; "ms/img added" is the difference
+of the per-image times of consecutive rows. Prints a Markdown table.
+
+    .venv/bin/python bench/bench_input_pipeline.py                 # 32 x 256x512, crop 200
+    .venv/bin/python bench/bench_input_pipeline.py --height 1024 --width 2048 --crop 800
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from gscnn_tf.config import DataConfig  # noqa: E402
+from gscnn_tf.data import pipeline  # noqa: E402
+from gscnn_tf.data.tfexample import make_example  # noqa: E402
+from gscnn_tf.labels import label_ids_to_train_ids  # noqa: E402
+
+
+def _png(array: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", array)
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def write_records(root: str, num_images: int, height: int, width: int, num_shards: int) -> str:
+    from gscnn_tf.data.synthetic import render_scene
+
+    writers = [tf.io.TFRecordWriter(os.path.join(root, f"train_fine-{s:05d}-of-{num_shards:05d}.tfrecord")) for s in range(num_shards)]
+    try:
+        for i in range(num_images):
+            scene = render_scene(height, width, np.random.default_rng(i))
+            example = make_example(
+                _png(cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR)),
+                _png(label_ids_to_train_ids(scene.label_ids)),
+                f"synthetic_{i:06d}",
+                height,
+                width,
+            )
+            writers[i % num_shards].write(example.SerializeToString())
+    finally:
+        for w in writers:
+            w.close()
+    return os.path.join(root, "train_fine-*.tfrecord")
+
+
+def time_dataset(ds: tf.data.Dataset, images_per_element: int, warmup: int, images: int) -> float:
+    """Images per second after ``warmup`` elements (tracing, buffers filling)."""
+    it = iter(ds)
+    for _ in range(warmup):
+        next(it)
+    n_elements = max(1, images // images_per_element)
+    start = time.perf_counter()
+    for _ in range(n_elements):
+        next(it)
+    return n_elements * images_per_element / (time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--num-images", type=int, default=32)
+    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--crop", type=int, default=None, help="square crop (default: 800 * height / 1024)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--images", type=int, default=64, help="timed images per stage")
+    parser.add_argument("--warmup", type=int, default=8, help="untimed images per stage")
+    parser.add_argument("--normalization", default="resnet50")
+    args = parser.parse_args(argv)
+    crop = args.crop or max(8, round(800 * args.height / 1024))
+
+    with tempfile.TemporaryDirectory(prefix="bench_input_") as root:
+        t0 = time.perf_counter()
+        pattern = write_records(root, args.num_images, args.height, args.width, args.shards)
+        size_mb = sum(os.path.getsize(os.path.join(root, f)) for f in os.listdir(root)) / 2**20
+        print(f"wrote {args.num_images} synthetic {args.height}x{args.width} images in {args.shards} shards "
+              f"({size_mb:.1f} MiB) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+        rows = []
+        for label, stage, deterministic in [
+            ("read+parse", "parse", False),
+            ("+decode", "decode", False),
+            ("+augment (+normalise, batch)", "augment", False),
+            ("+boundary maps = full pipeline", "full", False),
+            ("full pipeline, deterministic (stateless, ordered)", "full", True),
+        ]:
+            cfg = DataConfig(
+                train_pattern=pattern,
+                crop_size=[crop, crop],
+                shuffle_buffer=min(64, args.num_images),
+                deterministic=deterministic,
+            )
+            ds = pipeline.build_train_dataset(cfg, args.batch_size, args.normalization, seed=0, repeat=True, _stop_after=stage)
+            per_element = args.batch_size if stage in ("augment", "full") else 1
+            warmup = max(1, args.warmup // per_element)
+            rate = time_dataset(ds, per_element, warmup, args.images)
+            rows.append((label, rate))
+            print(f"  {label}: {rate:.1f} img/s", file=sys.stderr)
+
+    print()
+    print(f"Input pipeline, {args.num_images} synthetic {args.height}x{args.width} PNG images, crop {crop}x{crop}, "
+          f"batch {args.batch_size}; {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+          f"load average {os.getloadavg()[0]:.1f}, TF {tf.__version__}.")
+    print()
+    print("| stage (cumulative) | images/s | ms/image | ms/image added |")
+    print("|---|---:|---:|---:|")
+    prev_ms = 0.0
+    for i, (label, rate) in enumerate(rows):
+        ms = 1000.0 / rate
+        added = f"{ms - prev_ms:+.2f}" if i < 4 else "—"
+        print(f"| {label} | {rate:.1f} | {ms:.2f} | {added} |")
+        if i < 4:
+            prev_ms = ms
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -200,3 +200,18 @@ def test_batch_norms_are_synchronized_under_mirrored_strategy(tiny_model):
     )
     result = strategy.run(lambda x: synced(x, training=True)["seg_logits"], args=(per_replica,))
     assert [tuple(t.shape) for t in strategy.experimental_local_results(result)] == [(1, 64, 64, NUM_CLASSES)] * 2
+
+
+def test_model_runs_in_a_graph_with_run_time_image_sizes(tiny_model):
+    """model.fit and SavedModel signatures trace with (None, None, None, 3): every resize is dynamic."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+    def serve(x):
+        return tiny_model(x, training=False)
+
+    for height, width in ((64, 64), (48, 80)):
+        x = images(1, height, width)
+        graph_out = serve(tf.constant(x))
+        eager_out = tiny_model(x, training=False)
+        assert graph_out["seg_logits"].shape == (1, height, width, eager_out["seg_logits"].shape[-1])
+        np.testing.assert_allclose(graph_out["seg_logits"].numpy(), eager_out["seg_logits"].numpy(), atol=1e-4)

@@ -12,6 +12,21 @@ import keras
 from keras import ops
 
 
+def resize_to(x, size_hw, interpolation: str = "bilinear"):
+    """Resizes ``x`` (B, h, w, C) to ``size_hw`` = (H, W), which may be run-time tensors.
+
+    ``keras.ops.image.resize`` validates ``size`` with a Python ``if`` and so fails inside a
+    ``tf.function`` when the size is only known at run time (``model.fit``, SavedModel
+    signatures with ``None`` spatial dims). On the TensorFlow backend we call
+    ``tf.image.resize`` — the op ``keras.ops.image.resize`` itself lowers to there.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.image.resize(x, size_hw, method=interpolation)
+    return ops.image.resize(x, size_hw, interpolation=interpolation)
+
+
 @keras.saving.register_keras_serializable(package="gscnn_tf")
 class ResizeToReference(keras.layers.Layer):
     """Resizes ``x`` to the height and width of ``reference``.
@@ -30,8 +45,7 @@ class ResizeToReference(keras.layers.Layer):
 
     def call(self, inputs):
         x, reference = inputs
-        size = ops.shape(reference)[1:3]
-        resized = ops.image.resize(x, size, interpolation=self.interpolation)
+        resized = resize_to(x, ops.shape(reference)[1:3], self.interpolation)
         # tf.image.resize returns float32 for float16 inputs; keep mixed precision consistent.
         return ops.cast(resized, self.compute_dtype)
 
@@ -47,5 +61,5 @@ class ResizeToReference(keras.layers.Layer):
 
 def resize_like(x, reference, interpolation: str = "bilinear", dtype=None):
     """Functional form for use inside composite layers: ``x`` resized to ``reference``'s H, W."""
-    resized = ops.image.resize(x, ops.shape(reference)[1:3], interpolation=interpolation)
+    resized = resize_to(x, ops.shape(reference)[1:3], interpolation)
     return ops.cast(resized, dtype or x.dtype)

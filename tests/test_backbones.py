@@ -16,6 +16,7 @@ STRIDES = {8: (2, 4, 8, 8, 8), 16: (2, 4, 8, 16, 16), 32: (2, 4, 8, 16, 32)}
 # keras.applications layer that each tap corresponds to.
 SOURCE_TAPS = {
     "resnet50": ("conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
+    "resnet101": ("conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block23_out", "conv5_block3_out"),
     "mobilenetv2": ("Conv1_relu", "block_2_add", "block_5_add", "block_12_add", "block_16_project_BN"),
 }
 
@@ -27,8 +28,9 @@ def _image(seed=0, batch=1):
 
 
 def _keras_application(name, **kwargs):
-    if name == "resnet50":
-        return keras.applications.ResNet50(include_top=False, weights=None, input_shape=(None, None, 3), **kwargs)
+    if name.startswith("resnet"):
+        fn = keras.applications.ResNet50 if name == "resnet50" else keras.applications.ResNet101
+        return fn(include_top=False, weights=None, input_shape=(None, None, 3), **kwargs)
     return keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(None, None, 3), **kwargs)
 
 
@@ -58,7 +60,7 @@ def source_files(tmp_path_factory):
         source.save_weights(path)
         taps = keras.Model(source.input, [source.get_layer(n).output for n in SOURCE_TAPS[name]])
         # Keras' ResNet weights expect BGR; ours take RGB (conv1 flipped on load).
-        source_input = image[..., ::-1] if name == "resnet50" else image
+        source_input = image[..., ::-1] if name.startswith("resnet") else image
         outputs = [np.asarray(o) for o in taps(source_input, training=False)]
         weights = {layer.name: layer.get_weights() for layer in source.layers if layer.weights}
         result[name] = dict(path=path, image=image, outputs=dict(zip(KEYS, outputs)), weights=weights,
@@ -215,6 +217,18 @@ def test_config_round_trip_rebuilds_the_same_model():
     clone.set_weights(model.get_weights())
     image = _image(3)
     np.testing.assert_allclose(np.asarray(clone(image)["c5"]), np.asarray(model(image)["c5"]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_resnet101_equivalence_with_keras_applications(tmp_path):
+    source = _keras_application("resnet101")
+    _randomise(source, seed=7)
+    path = str(tmp_path / "resnet101.weights.h5")
+    source.save_weights(path)
+    image = _image(2)
+    reference = np.asarray(source(image[..., ::-1], training=False))  # BGR for Keras' ResNet
+    ours = np.asarray(build_backbone("resnet101", 32, pretrained=path)(image, training=False)["c5"])
+    np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
 
 
 @pytest.mark.slow

@@ -264,7 +264,13 @@ class GSCNNServingModule(tf.Module):
                 result[key] = tf.reshape(array.stack(), shape)
             return result
 
-        result = tf.cond(same_size, batched, one_by_one)
+        def empty():
+            result = {"classes": tf.zeros([0, 0, 0], self.classes_dtype), "edge": tf.zeros([0, 0, 0], tf.float32)}
+            if self.with_probabilities:
+                result["probabilities"] = tf.zeros([0, 0, 0, self.num_classes or 0], tf.float32)
+            return result
+
+        result = tf.cond(tf.equal(n, 0), empty, lambda: tf.cond(same_size, batched, one_by_one))
         result["height"] = heights
         result["width"] = widths
         return result

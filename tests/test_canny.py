@@ -237,8 +237,13 @@ def test_hysteresis_bound_trades_edges_for_iterations():
     assert counts[0] < counts[1] < counts[2] < ref.sum()  # each bound drops some weak chains
     for n in (0, 2, 8):
         assert not (outs[n] & ~ref).any()  # never extra edges
-    # With bound 0 only the strong pixels that survive NMS remain: they are > high in cv2 too.
-    assert_matches(outs[0], cv2.Canny(img, 100, 100), "strong only")
+    # Independent reference for the bound: cv2.Canny(img, t, t) is exactly the NMS survivors
+    # above t, so bound n = n masked 3x3 dilations of Canny(100, 100) inside Canny(10, 10).
+    candidates, grown = cv2.Canny(img, 10, 10) > 0, cv2.Canny(img, 100, 100) > 0
+    for n in range(9):
+        if n in outs:
+            assert_matches(outs[n], grown, f"bound {n}")
+        grown = (cv2.dilate(grown.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0) & candidates
 
 
 # ----------------------------------------------------------------------------- Keras integration

@@ -19,7 +19,7 @@ scikit-image's sample photos; see ``tests/test_canny.py``):
    diagonal neighbours); magnitudes outside the image count as 0;
 6. double threshold: candidate if m > floor(low), strong if m > floor(high);
 7. hysteresis: strong pixels grow through 8-connected candidates by iterative 3x3 dilation
-   in a bounded while loop that stops as soon as nothing changes.
+   (on bit-packed maps) in a bounded while loop that stops as soon as nothing changes.
 
 Everything after step 1 is exact integer arithmetic on element-wise ops (no convolutions), so
 results do not depend on TF32/cuDNN/oneDNN numerics.
@@ -35,6 +35,9 @@ from keras import ops
 # OpenCV's fixed-point tan(22.5 deg): (int)(0.4142135623730950488 * (1 << 15) + 0.5).
 _TG22 = 13573
 _SHIFT = 15
+# Hysteresis bit packing: pixels per int32 word (the sign bit stays 0) and the matching mask.
+_WORD_BITS = 31
+_WORD_MASK = (1 << _WORD_BITS) - 1
 
 
 def gaussian_kernel_size(sigma: float) -> int:
@@ -207,26 +210,40 @@ class CannyEdges(keras.layers.Layer):
     def _hysteresis(self, candidates, strong):
         """Grow ``strong`` through 8-connected ``candidates`` until nothing changes (or the bound).
 
-        The 3x3 dilation is done with separable ORs of shifted boolean views: on CPU this is
-        ~7x faster than a float ``max_pool`` (3 vs 22 ms per step at 512x1024) and it is exact.
+        (B, H, W) bool in, (B, H, W, 1) float32 out. One loop iteration = one exact 3x3 dilation
+        masked by the candidates. The maps are bit-packed, 31 pixels per int32 word along W
+        (31 keeps the sign bit clear, so shifts need no unsigned types): a dilation step is then
+        a handful of shifts/ORs on 1/31 of the data. On CPU at 512x1024 the packed version takes
+        the whole layer from ~240 to ~120 ms of CPU time (a float ``max_pool`` step was ~7x
+        slower still).
         """
+        width = ops.shape(candidates)[2]
+        cand = _pack_bits(candidates)
 
-        def dilate(edges):
-            p = ops.pad(edges, [[0, 0], [1, 1], [1, 1]])
-            rows = ops.logical_or(ops.logical_or(p[:, :, :-2], p[:, :, 1:-1]), p[:, :, 2:])
-            return ops.logical_or(ops.logical_or(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
+        def dilate(words):
+            p = ops.pad(words, [[0, 0], [0, 0], [1, 1]])
+            prev_word, next_word = p[:, :, :-2], p[:, :, 2:]
+            # Pixel j-1 -> j is a left shift (plus the carry from the previous word's top bit),
+            # pixel j+1 -> j a right shift (plus the next word's bit 0 into the top bit).
+            h = ops.bitwise_or(words, ops.bitwise_and(ops.left_shift(words, 1), _WORD_MASK))
+            h = ops.bitwise_or(h, ops.right_shift(words, 1))
+            h = ops.bitwise_or(h, ops.right_shift(prev_word, _WORD_BITS - 1))
+            h = ops.bitwise_or(h, ops.left_shift(ops.bitwise_and(next_word, 1), _WORD_BITS - 1))
+            q = ops.pad(h, [[0, 0], [1, 1], [0, 0]])
+            return ops.bitwise_or(ops.bitwise_or(q[:, :-2], q[:, 1:-1]), q[:, 2:])
 
         def cond(edges, changed):
             return changed
 
         def body(edges, changed):
-            grown = ops.logical_and(dilate(edges), candidates)
+            grown = ops.bitwise_and(dilate(edges), cand)
             return grown, ops.any(ops.not_equal(grown, edges))
 
         edges, _ = ops.while_loop(
-            cond, body, (strong, ops.convert_to_tensor(True)), maximum_iterations=self.max_hysteresis_iterations
+            cond, body, (_pack_bits(strong), ops.convert_to_tensor(True)),
+            maximum_iterations=self.max_hysteresis_iterations,
         )
-        return ops.cast(edges, "float32")[..., None]
+        return ops.cast(_unpack_bits(edges, width), "float32")[..., None]
 
     # ------------------------------------------------------------------ layer API
     def call(self, inputs):
@@ -268,3 +285,20 @@ def _shift(p, di, dj):
     rows = slice(1 + di, (di - 1) or None)
     cols = slice(1 + dj, (dj - 1) or None)
     return p[:, rows, cols]
+
+
+def _pack_bits(mask):
+    """(B, H, W) bool -> (B, H, ceil(W / 31)) int32; pixel j is bit j % 31 of word j // 31."""
+    pad = (-ops.shape(mask)[2]) % _WORD_BITS
+    bits = ops.pad(ops.cast(mask, "int32"), [[0, 0], [0, 0], [0, pad]])
+    shape = ops.shape(bits)
+    bits = ops.reshape(bits, (shape[0], shape[1], shape[2] // _WORD_BITS, _WORD_BITS))
+    weights = ops.convert_to_tensor([1 << k for k in range(_WORD_BITS)], "int32")
+    return ops.sum(bits * weights, axis=-1)  # distinct bits, < 2^31: the sum is an OR
+
+
+def _unpack_bits(words, width):
+    """Inverse of ``_pack_bits``: (B, H, n) int32 -> (B, H, width) int32 in {0, 1}."""
+    bits = ops.bitwise_and(ops.right_shift(words[..., None], ops.arange(_WORD_BITS, dtype="int32")), 1)
+    shape = ops.shape(words)
+    return ops.reshape(bits, (shape[0], shape[1], shape[2] * _WORD_BITS))[:, :, :width]

@@ -257,3 +257,27 @@ def test_tfds_source_without_zips_gives_a_clear_error(tmp_path):
         pipeline.build_eval_dataset(cfg, RESNET)
     with pytest.raises(tfds_source.TFDSSourceError, match="not a directory"):
         tfds_source.check_manual_dir(str(tmp_path / "missing"))
+
+
+@pytest.mark.slow
+def test_tfds_source_end_to_end_with_mocked_builder(tmp_path):
+    """The TFDS path through both pipelines, on tfds.testing.mock_data's random
+    1024x2048 examples (random label ids 0..255 -> train ids or 255)."""
+    import tensorflow_datasets as tfds
+
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    for name in tfds_source.DEFAULT_REQUIRED_ZIPS:
+        (manual / name).write_bytes(b"")
+    cfg = DataConfig(source="tfds", tfds_data_dir=str(tmp_path / "tfds"), tfds_manual_dir=str(manual),
+                     crop_size=[16, 24], shuffle_buffer=2, deterministic=True)
+    valid = set(range(19)) | {255}
+    with tfds.testing.mock_data(num_examples=3):
+        batches = list(pipeline.build_train_dataset(cfg, 2, RESNET, seed=0))
+        assert len(batches) == 1
+        image, targets = batches[0]
+        assert image.shape == (2, 16, 24, 3) and targets["label"].dtype == tf.int32
+        assert set(np.unique(targets["label"].numpy())) <= valid
+        image, targets, filename = next(iter(pipeline.build_eval_dataset(cfg, RESNET, with_filenames=True)))
+        assert image.shape == (1, 1024, 2048, 3) and filename.dtype == tf.string
+        assert set(np.unique(targets["label"].numpy())) <= valid

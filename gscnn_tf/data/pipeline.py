@@ -20,8 +20,8 @@ augmentation.
 
 Determinism: with ``data.deterministic`` the file and record shuffles are seeded, the
 interleave and parallel maps keep their order, and every random draw of the
-augmentation is ``tf.random.stateless_*`` on a seed derived from ``(seed,
-element index[, input pipeline id])``; the same seed gives the same batches. Otherwise
+augmentation is ``tf.random.stateless_*`` on a seed derived from ``(seed, element
+index, input pipeline id, file name)``; the same seed gives the same batches. Otherwise
 the order may vary and the augmentation uses the fast stateful ops.
 
 A read error from a corrupt shard (``DataLossError``) does not carry the file name in
@@ -238,20 +238,26 @@ def build_train_dataset(
     if _stop_after == "decode":
         return ds.map(decode_fn, num_parallel_calls=AUTOTUNE, deterministic=deterministic).prefetch(AUTOTUNE).with_options(options)
 
-    def augment_one(element_seed, *raw):
-        image, label, _ = decode_fn(*raw)
+    def augment_one(index, *raw):
+        image, label, filename = decode_fn(*raw)
+        element_seed = None
+        if deterministic:
+            # (seed, element index) folded with the input pipeline id and the file name, so
+            # an image that lands on the same index in another epoch still gets new draws.
+            element_seed = tf.stack([tf.constant(seed, tf.int64), index])
+            element_seed = tf.random.experimental.stateless_fold_in(element_seed, pipeline_id)
+            name_hash = tf.strings.to_hash_bucket_fast(filename, 2**31 - 1)
+            element_seed = tf.random.experimental.stateless_fold_in(element_seed, name_hash)
         image, label = aug.augment_from_config(image, label, data_config, pad_color=mean, seed=element_seed)
         return normalize_image(image, mean, std), tf.cast(label, tf.int32)
 
     if deterministic:
         ds = ds.enumerate()
-
-        def with_seed(index, raw):
-            element_seed = tf.stack([tf.constant(seed, tf.int64), index])
-            element_seed = tf.random.experimental.stateless_fold_in(element_seed, pipeline_id)
-            return augment_one(element_seed, *(raw if isinstance(raw, tuple) else (raw,)))
-
-        ds = ds.map(with_seed, num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.map(
+            lambda index, raw: augment_one(index, *(raw if isinstance(raw, tuple) else (raw,))),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
     else:
         ds = ds.map(lambda *raw: augment_one(None, *raw), num_parallel_calls=AUTOTUNE, deterministic=False)
     ds = ds.batch(per_replica, drop_remainder=True, num_parallel_calls=AUTOTUNE, deterministic=deterministic)

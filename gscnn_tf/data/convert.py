@@ -264,7 +264,8 @@ def write_shard(path: str, samples: Sequence[Sample], lut: np.ndarray, known: np
     with atomic_path(path, suffix=".tfrecord") as tmp:
         with tf.io.TFRecordWriter(tmp) as writer:
             for i, s in enumerate(samples):
-                writer.write(encode_sample(s, lut, known).SerializeToString())
+                # deterministic=True sorts the feature map: byte-identical shards in any process
+                writer.write(encode_sample(s, lut, known).SerializeToString(deterministic=True))
                 if on_record is not None:
                     on_record(i)
         digest = sha256_file(tmp)
@@ -426,10 +427,13 @@ def convert_samples(
                         i, path, chunk, fp = futures[fut]
                         finish(i, path, fp, fut.result())
                         bar.update(len(chunk))
-                except BaseException:
+                except BaseException as e:
                     for fut in futures:
                         fut.cancel()
                     cf.wait(futures)  # running shards finish (complete) or clean up their temp files
+                    if isinstance(e, cf.process.BrokenProcessPool):
+                        raise ConversionError(f"{out_dir}: a worker process died while writing {split} shards "
+                                              f"(out of memory or killed?); rerun to resume") from None
                     raise
     finally:
         bar.close()

@@ -378,6 +378,11 @@ def test_cli_export_from_keras_file(tmp_path, capsys):
     assert cli.main(["--checkpoint", str(tmp_path / "missing.keras"), "--export-dir", root]) == 2
     err = capsys.readouterr().err.strip()
     assert "missing.keras" in err and len(err.splitlines()) == 1
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    assert cli.main(["--checkpoint", model_file, "--export-dir", root, "--warmup-images", str(bad)]) == 2
+    assert "bad.png: not a readable image" in capsys.readouterr().err
+    assert sorted(os.listdir(root)) == ["1"]
     with pytest.raises(SystemExit):
         cli.main(["--checkpoint", model_file, "--export-dir", root, "--warmup-size", "big"])
 

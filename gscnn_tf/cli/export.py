@@ -91,7 +91,7 @@ def main(argv=None) -> int:
             verify=not args.no_verify,
             source=args.checkpoint,
         )
-    except (CheckpointError, ConfigError, ExportError, FileExistsError, FileNotFoundError, OSError) as exc:
+    except (CheckpointError, ConfigError, ExportError, FileExistsError, FileNotFoundError, OSError, ValueError) as exc:
         print(f"export_savedmodel: error: {exc}", file=sys.stderr)
         return 2
     print(path)

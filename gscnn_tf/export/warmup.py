@@ -62,11 +62,20 @@ def load_or_make_samples(images: Optional[Sequence] = None, size: tuple = (256, 
     if images:
         samples = []
         for item in images:
+            name = "warmup image" if isinstance(item, (bytes, bytearray)) else str(item)
             if isinstance(item, (bytes, bytearray)):
-                samples.append(bytes(item))
+                data = bytes(item)
             else:
-                with open(item, "rb") as f:
-                    samples.append(f.read())
+                try:
+                    with open(item, "rb") as f:
+                        data = f.read()
+                except OSError as exc:
+                    raise ValueError(f"{item}: cannot read warmup image ({exc.strerror or exc})") from exc
+            try:
+                tf.io.decode_image(data, channels=3, expand_animations=False)
+            except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
+                raise ValueError(f"{name}: not a readable image ({exc.message.splitlines()[0]})") from exc
+            samples.append(data)
         return samples
     h, w = int(size[0]), int(size[1])
     if h < 1 or w < 1:

@@ -78,9 +78,6 @@ def _build_datasets(cfg: ExperimentConfig, strategy, normalization, seed):
         if replicas > 1:
             # Every replica gets one full image (Cityscapes images share one size).
             val_ds = val_ds.unbatch().batch(replicas, drop_remainder=True)
-        if cfg.train.validation_steps:
-            val_ds = val_ds.take(cfg.train.validation_steps)
-        val_ds = val_ds.cache() if cfg.train.validation_steps else val_ds
     return train_ds, val_ds
 
 
@@ -172,7 +169,8 @@ def train(cfg: ExperimentConfig, fresh: bool = False, require_resume: bool = Fal
                 callbacks.append(cb.ImageSummaries(network, images, labels, logs_dir, mean, std))
 
     fit_kwargs = dict(
-        validation_data=val_ds, validation_freq=tcfg.validation_freq, callbacks=callbacks,
+        validation_data=val_ds, validation_steps=tcfg.validation_steps, validation_freq=tcfg.validation_freq,
+        callbacks=callbacks,
         verbose="auto" if chief else 0,
     )
     started = time.time()

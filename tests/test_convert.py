@@ -222,6 +222,8 @@ def test_interrupt_leaves_only_complete_shards_and_rerun_completes(root, tmp_pat
     first = os.stat(os.path.join(out, "train_fine-00000-of-00002.tfrecord")).st_mtime_ns
     rc, err = run_cli(["cityscapes", "--root", root, "--out", out, "--splits", "train", "--num-shards", "2"], capsys)
     assert rc == 0, err
+    rc, err = run_cli(["verify", "--out", out], capsys)
+    assert rc == 0, err
     assert os.stat(os.path.join(out, "train_fine-00000-of-00002.tfrecord")).st_mtime_ns == first  # resumed
     assert len(shard_files(out)) == 2
     convert.verify(out)
@@ -244,6 +246,33 @@ def test_worker_failure_midway_names_file_and_cleans_up(root, tmp_path, capsys):
     open(victim, "wb").write(good)
     rc, err = run_cli(["cityscapes", "--root", root, "--out", out, "--splits", "val", "--num-shards", "2"], capsys)
     assert rc == 0 and len(shard_files(out)) == 2
+    convert.verify(out)
+
+
+def test_cli_interrupt_exits_nonzero_and_keeps_only_complete_shards(root, tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / "out")
+    real = convert.encode_sample
+    calls = []
+
+    def encode_then_interrupt(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:  # first record of the second shard (2 train images per shard)
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(convert, "encode_sample", encode_then_interrupt)
+    rc, err = run_cli(["cityscapes", "--root", root, "--out", out, "--splits", "train", "--num-shards", "2"], capsys)
+    assert rc == 130 and "interrupted" in err and "rerun" in err
+    assert shard_files(out) == ["train_fine-00000-of-00002.tfrecord"] and leftovers(out) == []
+    rerun = []
+
+    def counting(*a, **k):
+        rerun.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(convert, "encode_sample", counting)
+    rc, err = run_cli(["cityscapes", "--root", root, "--out", out, "--splits", "train", "--num-shards", "2"], capsys)
+    assert rc == 0 and len(rerun) == 2  # only the unfinished shard's 2 images were encoded again
     convert.verify(out)
 
 
@@ -336,7 +365,7 @@ def test_not_a_cityscapes_root(tmp_path, capsys):
     assert rc == 1 and str(tmp_path) in err and "leftImg8bit" in err
 
 
-def test_output_directory_not_writable(root, tmp_path, capsys):
+def test_output_directory_not_writable(root, tmp_path, capsys, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("I am a file")
     for out in (str(blocker), str(blocker / "sub")):
@@ -348,17 +377,13 @@ def test_output_directory_not_writable(root, tmp_path, capsys):
         ro.chmod(0o500)
         rc, err = run_cli(["cityscapes", "--root", root, "--out", str(ro), "--splits", "val"], capsys)
         assert rc == 1 and "not writable" in err
-    with pytest.raises(ConversionError, match="not writable"):
-        orig = convert.tempfile.mkstemp
 
-        def deny(*a, **k):
-            raise PermissionError(13, "Permission denied")
+    def deny(*a, **k):
+        raise PermissionError(13, "Permission denied")
 
-        convert.tempfile.mkstemp = deny
-        try:
-            convert.convert_cityscapes(root, str(tmp_path / "o2"), splits=("val",))
-        finally:
-            convert.tempfile.mkstemp = orig
+    monkeypatch.setattr(convert.tempfile, "mkstemp", deny)  # what a read-only directory does to a non-root user
+    rc, err = run_cli(["cityscapes", "--root", root, "--out", str(tmp_path / "o2"), "--splits", "val"], capsys)
+    assert rc == 1 and "o2: output directory is not writable (Permission denied)" in err
 
 
 # --------------------------------------------------------------------------- zips, folders, workers

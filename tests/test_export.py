@@ -361,6 +361,18 @@ def test_pad_modes_agree_on_multiples_of_8_and_mean_mode_pads_with_mean(standin)
     np.testing.assert_array_equal(padded[:, :, 15], padded[:, :, 12])
 
 
+def test_max_pixels_rejects_large_images_readably():
+    module = sm.build_serving_module(build_tiny_model(), standin_config(), max_pixels=24 * 32)
+    small, big = warmup.synthetic_image(24, 32), warmup.synthetic_image(25, 32)
+    assert module.serve_bytes(tf.constant([warmup.encode(small)]))["classes"].shape == (1, 24, 32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes\[1\] is 25x32 pixels, more than"):
+        module.serve_bytes(tf.constant([warmup.encode(small), warmup.encode(big)]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"images is 25x32 pixels, more than .* 768 pixels"):
+        module.serve_images(tf.constant(big[None]))
+    assert module.serve_images(tf.constant(small[None]))["height"].numpy().tolist() == [24]
+    assert module.metadata()["max_pixels"] == 768
+
+
 def test_cli_export_from_keras_file(tmp_path, capsys):
     from gscnn_tf.cli import export as cli
 
@@ -369,10 +381,12 @@ def test_cli_export_from_keras_file(tmp_path, capsys):
     standin.save(model_file)
     root = str(tmp_path / "models")
     args = ["--checkpoint", model_file, "--export-dir", root, "--no-verify", "--warmup-size", "16x24",
-            "--log-level", "WARNING"]
+            "--max-pixels", "100000", "--log-level", "WARNING"]
     assert cli.main(args) == 0
     assert capsys.readouterr().out.strip() == os.path.join(root, "1")
     assert os.path.isfile(os.path.join(root, "1", "assets.extra", "tf_serving_warmup_requests"))
+    with open(os.path.join(root, "1", "assets", "labels.json")) as f:
+        assert json.load(f)["max_pixels"] == 100000
     assert cli.main(args + ["--version", "1"]) == 2
     assert "already exists" in capsys.readouterr().err
     assert cli.main(["--checkpoint", str(tmp_path / "missing.keras"), "--export-dir", root]) == 2

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pad-mode", choices=("edge", "mean"), default="edge",
                    help="how images are padded to a multiple of the model stride before the network: 'edge' "
                    "repeats the border pixels, 'mean' pads with the normalisation mean colour (default: edge)")
+    p.add_argument("--max-pixels", type=int, default=0,
+                   help="reject (INVALID_ARGUMENT) images with more than this many pixels, protecting the server's "
+                   "memory, e.g. 16777216 for 4096x4096; 0 = no limit (default)")
     p.add_argument("--model-name", default="gscnn",
                    help="model name written into the warmup requests and labels.json (TF Serving --model_name)")
     p.add_argument("--warmup-images", nargs="+", default=None, metavar="IMAGE",
@@ -84,6 +87,7 @@ def main(argv=None) -> int:
             overwrite=args.overwrite,
             with_probabilities=args.with_probabilities,
             pad_mode=args.pad_mode,
+            max_pixels=args.max_pixels,
             warmup=not args.no_warmup,
             warmup_images=args.warmup_images,
             warmup_size=args.warmup_size,

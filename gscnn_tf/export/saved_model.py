@@ -101,6 +101,7 @@ class GSCNNServingModule(tf.Module):
         num_classes: Optional[int] = None,
         with_probabilities: bool = False,
         pad_mode: str = "edge",
+        max_pixels: int = 0,
         name: str = "gscnn_serving",
     ):
         super().__init__(name=name)
@@ -118,6 +119,7 @@ class GSCNNServingModule(tf.Module):
         self.with_probabilities = bool(with_probabilities)
         self.pad_multiple = int(pad_multiple)
         self.pad_mode = pad_mode
+        self.max_pixels = int(max_pixels)  # 0: no limit
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
         # The network is traced once, as its own function, and called from every signature
@@ -172,8 +174,26 @@ class GSCNNServingModule(tf.Module):
             result["probabilities"] = tf.nn.softmax(logits, axis=-1)
         return result
 
+    def _check_size(self, height, width, what: str, index=None) -> list:
+        """Control dependencies that reject images above ``max_pixels`` (protects the server's memory).
+
+        ``what`` names the input; with ``index`` it is followed by ``[index]``.
+        """
+        if self.max_pixels <= 0:
+            return []
+        where = [] if index is None else [index]
+        message = tf.strings.format(
+            what + ("[{}]" if where else "") + " is {}x{} pixels, more than this export's limit of {} pixels",
+            where + [height, width, tf.constant(self.max_pixels, tf.int64)],
+        )
+        too_big = tf.cast(height, tf.int64) * tf.cast(width, tf.int64) > self.max_pixels
+        return [tf.debugging.Assert(tf.logical_not(too_big), [message])]
+
     def _serve_images(self, images):
         images = tf.ensure_shape(images, [None, None, None, 3])
+        shape = tf.shape(images)
+        with tf.control_dependencies(self._check_size(shape[1], shape[2], TENSOR_INPUT)):
+            images = tf.identity(images)
         result = self._run(images)
         shape = tf.shape(images)
         result["height"] = tf.fill([shape[0]], shape[1])
@@ -219,6 +239,8 @@ class GSCNNServingModule(tf.Module):
             img = tf.io.decode_image(image_bytes[i], channels=3, dtype=tf.uint8, expand_animations=False)
             img = tf.ensure_shape(img, [None, None, 3])
             s = tf.shape(img)
+            with tf.control_dependencies(self._check_size(s[0], s[1], BYTES_INPUT, i)):
+                img = tf.identity(img)
             return i + 1, images.write(i, img), heights.write(i, s[0]), widths.write(i, s[1])
 
         images = tf.TensorArray(tf.uint8, size=n, infer_shape=False, element_shape=[None, None, 3])
@@ -302,12 +324,14 @@ class GSCNNServingModule(tf.Module):
             "normalization": {"mean": list(self.mean), "std": list(self.std)},
             "pad_multiple": self.pad_multiple,
             "pad_mode": self.pad_mode,
+            "max_pixels": self.max_pixels,
             "classes_fill_value": CLASSES_FILL,
         }
 
 
 def build_serving_module(model, config: ExperimentConfig, with_probabilities: bool = False, pad_mode: str = "edge",
-                         mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None):
+                         mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                         max_pixels: int = 0):
     """The serving module for ``model`` with the normalisation and stride of ``config``."""
     if mean is None or std is None:
         mean, std = normalization_for_config(config)
@@ -319,6 +343,7 @@ def build_serving_module(model, config: ExperimentConfig, with_probabilities: bo
         num_classes=int(config.model.num_classes),
         with_probabilities=with_probabilities,
         pad_mode=pad_mode,
+        max_pixels=max_pixels,
     )
 
 
@@ -372,6 +397,7 @@ def export_saved_model(
     overwrite: bool = False,
     with_probabilities: bool = False,
     pad_mode: str = "edge",
+    max_pixels: int = 0,
     warmup: bool = True,
     warmup_images: Optional[Sequence] = None,
     warmup_size: tuple = (256, 512),
@@ -399,7 +425,7 @@ def export_saved_model(
     if os.path.exists(target) and not overwrite:
         raise FileExistsError(f"{target}: version {version} already exists (use --overwrite or another --version)")
     module = build_serving_module(model, config, with_probabilities=with_probabilities, pad_mode=pad_mode,
-                                  mean=mean, std=std)
+                                  mean=mean, std=std, max_pixels=max_pixels)
     samples = warmup_lib.load_or_make_samples(warmup_images, warmup_size)
     meta = module.metadata()
     meta.update(

@@ -402,10 +402,6 @@ def test_cli_export_from_keras_file(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=tf.errors.OperatorNotAllowedInGraphError,
-                   reason="gscnn_tf/layers/resize.py uses keras.ops.image.resize, whose Python size checks fail "
-                   "when H, W are unknown in graph mode (any SavedModel with dynamic sizes); remove this marker "
-                   "once resize_like/ResizeToReference call the backend resize (e.g. tf.image.resize)")
 def test_real_gscnn_mobilenet_export(tmp_path):
     """The real network (MobileNetV2 x0.35, in-graph Canny): export, reload, same class maps, own sizes."""
     from gscnn_tf.backbones import normalization_for

@@ -129,7 +129,7 @@ def test_bad_arguments_raise():
 def test_batchnorm_settings_and_sync():
     model = build_backbone("mobilenetv2", 32, sync_batchnorm=True)
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    assert bns and all(bn.synchronized and bn.epsilon == 1e-3 and bn.momentum == 0.999 for bn in bns)
+    assert bns and all(bn.synchronized and bn.epsilon == 1e-3 and bn.momentum == 0.9 for bn in bns)
     keras.backend.clear_session()
     bns = [layer for layer in build_backbone("resnet50", 32, sync_batchnorm=False).layers
            if isinstance(layer, keras.layers.BatchNormalization)]

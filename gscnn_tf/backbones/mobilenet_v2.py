@@ -1,7 +1,7 @@
 """Dilated MobileNetV2, the CPU demo backbone.
 
 Same topology and layer names as ``keras.applications.MobileNetV2`` (inverted residual
-blocks ``block_{i}_*``, ReLU6, BN epsilon 1e-3, momentum 0.999), so its ImageNet weights
+blocks ``block_{i}_*``, ReLU6, BN epsilon 1e-3), so its ImageNet weights
 transfer layer by layer by name. The final ``Conv_1`` (1x1 -> 1280) is not built: ``c5``
 is the last inverted-residual output, as in DeepLabV3's MobileNetV2 feature extractor,
 which keeps the ASPP input small (320 ch instead of 1280).
@@ -36,10 +36,14 @@ from __future__ import annotations
 
 import keras
 
-from gscnn_tf.layers.normalization import batch_norm
+from gscnn_tf.layers.normalization import BN_MOMENTUM, batch_norm
 
 MOBILENET_BN_EPSILON = 1e-3
-MOBILENET_BN_MOMENTUM = 0.999
+# BN momentum is a training hyper-parameter, not part of the weights: Keras' MobileNetV2 uses
+# 0.999, which leaves the moving statistics near their initial values for thousands of steps
+# (a short fine-tune or the CPU demo evaluates garbage). We use the package-wide 0.9
+# (PyTorch's 0.1), as the official Gated-SCNN recipe does for every BN.
+MOBILENET_BN_MOMENTUM = BN_MOMENTUM
 
 # (output filters, stride, expansion) of blocks 0..16 (keras.applications' table).
 INVERTED_RESIDUAL_BLOCKS = (

@@ -403,7 +403,8 @@ def test_cli_export_from_keras_file(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_real_gscnn_mobilenet_export(tmp_path):
-    """The real network (MobileNetV2 x0.35, in-graph Canny): export, reload, same class maps, own sizes."""
+    """The real network (MobileNetV2 x0.35, in-graph Canny): export, reload, same class maps, own sizes;
+    the same weights as a run directory through the prediction CLI give the same colours."""
     from gscnn_tf.backbones import normalization_for
     from gscnn_tf.model import build_gscnn
 
@@ -420,3 +421,20 @@ def test_real_gscnn_mobilenet_export(tmp_path):
     np.testing.assert_allclose(out["edge"][0], want["edge"][0, ..., 0], atol=1e-4)
     odd = serve(image_bytes=tf.constant([warmup.encode(warmup.synthetic_image(37, 50, seed=6))]))
     assert odd["classes"].shape == (1, 37, 50) and odd["edge"].shape == (1, 37, 50)
+    # the same weights as a training run directory, through the prediction CLI's checkpoint path
+    from gscnn_tf.checkpoints import BEST_WEIGHTS
+    from gscnn_tf.cli import predict as predict_cli
+    from gscnn_tf.config import save_config
+
+    run = tmp_path / "run"
+    os.makedirs(run / os.path.dirname(BEST_WEIGHTS))
+    model.save_weights(str(run / BEST_WEIGHTS))
+    save_config(config, str(run / "config.yaml"))
+    odd_file = tmp_path / "odd.png"
+    odd_file.write_bytes(warmup.encode(warmup.synthetic_image(37, 50, seed=6)))
+    assert predict_cli.main(["--model", str(run), "--input", str(odd_file), "--output", str(tmp_path / "p"),
+                             "--quiet"]) == 0
+    import cv2
+
+    seg = cv2.cvtColor(cv2.imread(str(tmp_path / "p" / "odd_seg.png")), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(seg, label_tables.CLASS_COLORS[odd["classes"].numpy()[0]])

@@ -242,7 +242,8 @@ def adjust_color(image, brightness=1.0, contrast=1.0, saturation=1.0, hue=0.0) -
     """
     image = _as_float_image(image)
     image = tf.clip_by_value(image * brightness, 0.0, 255.0)
-    mean = tf.reduce_mean(_grayscale(image))
+    # mean(grey) = sum_c w_c * mean(channel c): one spatial reduction, no grey image.
+    mean = tf.reduce_sum(tf.reduce_mean(image, axis=[0, 1]) * tf.constant(_GRAY_WEIGHTS, tf.float32))
     image = tf.clip_by_value((image - mean) * contrast + mean, 0.0, 255.0)
     gray = _grayscale(image)
     image = tf.clip_by_value((image - gray) * saturation + gray, 0.0, 255.0)

@@ -86,6 +86,15 @@ def test_eval_dataset_round_trips_pixels_labels_and_order(shards, normalization)
     assert seen == names  # ordered: shard after shard, record after record
 
 
+def test_eval_dataset_on_the_train_split_is_ordered_and_unaugmented(shards):
+    (_, samples, names), _ = shards
+    ds = pipeline.build_eval_dataset(_config(shards), RESNET, with_filenames=True, split="train")
+    got = [(f.numpy()[0].decode(), t["label"].numpy()[0]) for _, t, f in ds]
+    assert [n for n, _ in got] == names
+    for name, label in got:
+        np.testing.assert_array_equal(label, samples[name][1])
+
+
 def test_eval_without_filenames_and_eval_scale(shards):
     _, (_, samples, names) = shards
     ds = pipeline.build_eval_dataset(_config(shards, eval_scale=0.5), MOBILENET, boundary_radius=1.0)
@@ -195,6 +204,8 @@ def test_missing_or_empty_pattern_errors(tmp_path):
         pipeline.build_train_dataset(DataConfig(), 2, RESNET)
     with pytest.raises(ValueError, match="unknown data.source"):
         pipeline.build_train_dataset(DataConfig(source="csv", train_pattern=pattern), 2, RESNET)
+    with pytest.raises(ValueError, match="split 'test'"):
+        pipeline.build_eval_dataset(DataConfig(val_pattern=pattern), RESNET, split="test")
     with pytest.raises(ValueError, match="normalization"):
         pipeline.build_train_dataset(DataConfig(train_pattern=pattern), 2, (1, 2))
 

@@ -174,6 +174,8 @@ def _source(data_config, split: str, training: bool, seed, input_context, determ
     """
     source = data_config.source
     if source == "tfrecord":
+        if split not in ("train", "val", "validation"):
+            raise ValueError(f"split {split!r}: the tfrecord source has data.train_pattern and data.val_pattern only")
         pattern = data_config.train_pattern if split == "train" else data_config.val_pattern
         field_name = "data.train_pattern" if split == "train" else "data.val_pattern"
         return _tfrecord_source(pattern, field_name, training, seed, input_context, deterministic)

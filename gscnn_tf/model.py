@@ -11,7 +11,9 @@
 
 Input: ``image`` (B, H, W, 3) float32, normalised for the backbone. Outputs (dict, float32
 even under a mixed-precision policy): ``seg_logits`` (B, H, W, num_classes) and ``edge``
-(B, H, W, 1) edge probability (constant zeros with ``shape_stream=False``).
+(B, H, W, 1) edge probability (constant zeros with ``shape_stream=False``); with the shape
+stream also ``edge_logits`` (B, H, W, 1), the edge's pre-sigmoid values, which the edge
+BCE uses for a gradient that survives sigmoid saturation.
 
 Input size: any H, W work and the outputs always have the input's size (every resolution
 change resizes to a reference tensor), but feature grids are only pixel-aligned with the
@@ -59,7 +61,7 @@ def build_gscnn(model_config: ModelConfig, name: str = "gscnn") -> keras.Model:
             reference = CannyEdges(cfg.canny_low, cfg.canny_high, mean, std, name="canny")(image)
         else:
             reference = image
-        edge, shape_map = ShapeStream(gated=cfg.gated, use_canny=cfg.canny, sync_batchnorm=sync, name="shape_stream")(
+        edge, shape_map, edge_logits = ShapeStream(gated=cfg.gated, use_canny=cfg.canny, sync_batchnorm=sync, name="shape_stream")(
             [features["stem"], features["c3"], features["c4"], features["c5"], reference]
         )
         aspp_inputs = [features["c5"], shape_map]
@@ -79,4 +81,8 @@ def build_gscnn(model_config: ModelConfig, name: str = "gscnn") -> keras.Model:
         "seg_logits": keras.layers.Activation("linear", dtype="float32", name="seg_logits")(logits),
         "edge": keras.layers.Activation("linear", dtype="float32", name="edge")(edge),
     }
+    if cfg.shape_stream:
+        # The edge BCE is computed from these (same value as BCE on ``edge``, but its gradient
+        # does not vanish where float32's sigmoid saturates to exactly 0 or 1).
+        outputs["edge_logits"] = keras.layers.Activation("linear", dtype="float32", name="edge_logits")(edge_logits)
     return keras.Model(image, outputs, name=name)

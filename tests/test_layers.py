@@ -181,9 +181,10 @@ def shape_stream_inputs(stem_channels=16, size=(16, 24), canny=True):
 def test_shape_stream_outputs_full_resolution_probabilities():
     stream = ShapeStream(name="shape_stream")
     inputs = shape_stream_inputs()
-    edge, shape_map = (np.asarray(t) for t in stream(inputs))
-    assert edge.shape == shape_map.shape == (2, 16, 24, 1)
+    edge, shape_map, edge_logits = (np.asarray(t) for t in stream(inputs))
+    assert edge.shape == shape_map.shape == edge_logits.shape == (2, 16, 24, 1)
     assert edge.min() >= 0 and edge.max() <= 1
+    np.testing.assert_allclose(edge, np_sigmoid(edge_logits), rtol=1e-5, atol=1e-6)
     # Paper widths: res blocks 64/32/16, GCLs 32/16/8, a stem projection 16 -> 64.
     assert [g.output_conv.kernel.shape[-1] for g in stream.gates] == [32, 16, 8]
     assert [b.conv1.kernel.shape[-1] for b in stream.res_blocks] == [64, 32, 16]
@@ -215,7 +216,7 @@ def test_shape_stream_gates_use_the_regular_stream_only_when_gated():
 
 def test_shape_stream_without_canny_feeds_the_edge_map():
     stream = ShapeStream(use_canny=False)
-    edge, shape_map = stream(shape_stream_inputs(canny=False))
+    edge, shape_map, _ = stream(shape_stream_inputs(canny=False))
     np.testing.assert_array_equal(np.asarray(edge), np.asarray(shape_map))
     assert stream.canny_fuse is None
     with pytest.raises(ValueError, match="Canny"):

@@ -4,6 +4,8 @@ import math
 import keras
 import numpy as np
 import pytest
+
+from gscnn_tf.training.distribute import cpu_mirrored_strategy
 import tensorflow as tf
 from scipy import ndimage
 from scipy.special import log_softmax
@@ -112,6 +114,27 @@ def np_dual_task(y_true, y_pred, sigma=1.0, truncate=4.0, eps=1e-3, return_parts
 
 
 # ----------------------------------------------------------------------------- values
+
+
+def test_edge_bce_from_logits_equals_bce_on_probabilities_and_survives_saturation():
+    y_true, y_pred = make_batch(0)
+    t, p = tensors(y_true), tensors(y_pred)
+    logits = np.log(y_pred["edge"]) - np.log1p(-y_pred["edge"])  # sigmoid^-1
+    with_logits = dict(p, edge_logits=tf.constant(logits.astype(np.float32)))
+    np.testing.assert_allclose(BalancedEdgeBCE()(t, with_logits).numpy(), np_edge_bce(y_true, y_pred), rtol=1e-4)
+
+    # Saturated logits: sigmoid(40) == 1.0 exactly in float32. From probabilities the
+    # (clipped) BCE has no gradient there; from logits every pixel gets w * (p - y).
+    z = tf.Variable(np.full_like(logits, 40.0, dtype=np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        from_logits = BalancedEdgeBCE()(t, dict(p, edge=tf.sigmoid(z), edge_logits=z))
+        from_probs = BalancedEdgeBCE()(t, dict(p, edge=tf.sigmoid(z)))
+    g_logits, g_probs = tape.gradient(from_logits, z).numpy(), tape.gradient(from_probs, z).numpy()
+    valid = y_true["label"] != IGNORE
+    negative = valid & ~(y_true["boundary"] > 0.5)
+    assert np.all(g_logits[..., 0][negative] > 0)  # pushes the saturated negatives back down
+    assert np.all(g_probs == 0)
+    assert np.isfinite(from_logits.numpy()) and from_logits.numpy() > 1.0
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -370,7 +393,7 @@ def _split_batch():
 
 
 def test_mirrored_strategy_matches_single_device():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = cpu_mirrored_strategy(2)  # shared: see gscnn_tf/training/distribute.py
     assert strategy.num_replicas_in_sync == 2
     image, y_true = _split_batch()
     keras.utils.set_random_seed(1)
@@ -435,7 +458,7 @@ def test_keras_fit_under_mirrored_strategy_applies_the_global_gradient():
     """Keras' TF trainer sums replica gradients and does not rescale our scalar losses:
     one SGD(lr=1) step of model.fit moves the weights by exactly minus the single-device
     gradient of the global-batch loss, and logs the global loss value."""
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = cpu_mirrored_strategy(2)  # shared: see gscnn_tf/training/distribute.py
     image, y_true = _split_batch()
     keras.utils.set_random_seed(2)
     with strategy.scope():
@@ -457,7 +480,7 @@ def test_keras_fit_under_mirrored_strategy_applies_the_global_gradient():
 
 def test_replicas_draw_independent_gumbel_noise():
     """Same inputs on both replicas: same forward value, different (noisy) gradients."""
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = cpu_mirrored_strategy(2)  # shared: see gscnn_tf/training/distribute.py
     y_true, y_pred = make_batch(13, b=1, h=16, w=16)
     t, logits = tensors(y_true), tf.constant(y_pred["seg_logits"])
     with strategy.scope():

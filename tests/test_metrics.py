@@ -3,6 +3,8 @@ import math
 
 import numpy as np
 import pytest
+
+from gscnn_tf.training.distribute import cpu_mirrored_strategy
 import scipy.ndimage
 
 from gscnn_tf import labels
@@ -125,7 +127,7 @@ def test_streaming_miou_under_mirrored_strategy():
     devices = tf.config.list_logical_devices("CPU")
     if len(devices) < 2:
         pytest.skip("needs 2 logical CPU devices (tests/conftest.py)")
-    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+    strategy = cpu_mirrored_strategy(2)  # shared: see gscnn_tf/training/distribute.py
     with strategy.scope():
         metric = confusion.StreamingMeanIoU(num_classes=5)
     batches = _batches(seed=3, n=2)

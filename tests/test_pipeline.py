@@ -4,6 +4,8 @@ import os
 import cv2
 import numpy as np
 import pytest
+
+from gscnn_tf.training.distribute import cpu_mirrored_strategy
 import tensorflow as tf
 
 from gscnn_tf.config import DataConfig
@@ -165,7 +167,7 @@ def test_nondeterministic_mode_runs_and_repeat(shards):
 def test_distributed_dataset_splits_the_global_batch(shards):
     devices = tf.config.list_logical_devices("CPU")
     assert len(devices) >= 2, "tests/conftest.py should create 2 logical CPUs"
-    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+    strategy = cpu_mirrored_strategy(2)  # shared: see gscnn_tf/training/distribute.py
     cfg = _config(shards, deterministic=True)
     dist = pipeline.make_distributed_train_dataset(strategy, cfg, 4, RESNET, seed=0)
     image, targets = next(iter(dist))

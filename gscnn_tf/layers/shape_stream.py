@@ -40,7 +40,8 @@ class ShapeStream(keras.layers.Layer):
         stem: (B, H/2, W/2, Cs) first backbone block; c3, c4, c5: (B, h_i, w_i, C_i) gate
         features (any grid); reference: (B, H, W, 1) Canny edge map when ``use_canny``,
         otherwise any full-resolution tensor (e.g. the image; only its H, W are used).
-    Returns: ``[edge, shape_map]``, both (B, H, W, 1) in [0, 1].
+    Returns: ``[edge, shape_map, edge_logits]``, each (B, H, W, 1): the edge probability and
+    the shape map in [0, 1], and the edge's pre-sigmoid logits (for a stable BCE).
     """
 
     def __init__(self, gated=True, use_canny=True, sync_batchnorm="auto", **kwargs):
@@ -105,17 +106,18 @@ class ShapeStream(keras.layers.Layer):
                 x = self.gates[i]([x, gate_signal], training=training)
             else:
                 x = self.gates[i](x)
-        edge = ops.sigmoid(self.edge_logit(x))
+        edge_logits = self.edge_logit(x)
+        edge = ops.sigmoid(edge_logits)
         if not self.use_canny:
-            return [edge, edge]
+            return [edge, edge, edge_logits]
         canny = ops.cast(reference, edge.dtype)
         shape_map = ops.sigmoid(self.canny_fuse(ops.concatenate([edge, canny], axis=-1)))
-        return [edge, shape_map]
+        return [edge, shape_map, edge_logits]
 
     def compute_output_shape(self, input_shape):
         reference_shape = input_shape[-1]
         out = (reference_shape[0], reference_shape[1], reference_shape[2], 1)
-        return [out, out]
+        return [out, out, out]
 
     def get_config(self):
         config = super().get_config()

@@ -17,6 +17,28 @@ log = logging.getLogger(__name__)
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
+# One strategy per device set per process: a second MirroredStrategy over the same devices
+# reuses the collective instance keys of the first, and its all-reduces (SyncBN, the loss
+# counts) then abort with "Shape mismatch in the collective instance".
+_STRATEGIES: dict = {}
+
+
+def mirrored_strategy(devices=None) -> tf.distribute.MirroredStrategy:
+    """The process's MirroredStrategy over ``devices`` (None: all local GPUs), created once."""
+    key = tuple(devices) if devices else None
+    if key not in _STRATEGIES:
+        _STRATEGIES[key] = tf.distribute.MirroredStrategy(devices=list(key) if key else None)
+    return _STRATEGIES[key]
+
+
+def cpu_mirrored_strategy(num_devices: int = 2) -> tf.distribute.MirroredStrategy:
+    """MirroredStrategy over ``num_devices`` logical CPU devices (no GPU needed)."""
+    configure_logical_cpus(num_devices)
+    cpus = tf.config.list_logical_devices("CPU")
+    if len(cpus) < num_devices:
+        raise RuntimeError(f"only {len(cpus)} logical CPU devices; cannot mirror over {num_devices}")
+    return mirrored_strategy([d.name for d in cpus[:num_devices]])
+
 
 def configure_logical_cpus(num_devices: int) -> None:
     """Splits the CPU into ``num_devices`` logical devices; must run before TF touches devices."""
@@ -47,16 +69,14 @@ def make_strategy(train_config) -> tf.distribute.Strategy:
         cluster = json.loads(os.environ["TF_CONFIG"])
         log.info("MultiWorkerMirroredStrategy: task %s of cluster %s", cluster.get("task"), cluster.get("cluster"))
         configure_logical_cpus(train_config.num_cpu_devices)
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        if "multi_worker" not in _STRATEGIES:
+            _STRATEGIES["multi_worker"] = tf.distribute.MultiWorkerMirroredStrategy()
+        return _STRATEGIES["multi_worker"]
     if name == "mirrored":
-        gpus = tf.config.list_physical_devices("GPU")
-        if gpus:
-            strategy = tf.distribute.MirroredStrategy()
+        if tf.config.list_physical_devices("GPU"):
+            strategy = mirrored_strategy()
         else:
-            configure_logical_cpus(train_config.num_cpu_devices)
-            cpus = tf.config.list_logical_devices("CPU")
-            n = train_config.num_cpu_devices or len(cpus)
-            strategy = tf.distribute.MirroredStrategy(devices=[d.name for d in cpus[:n]])
+            strategy = cpu_mirrored_strategy(train_config.num_cpu_devices or len(tf.config.list_logical_devices("CPU")))
         log.info("MirroredStrategy over %d replicas", strategy.num_replicas_in_sync)
         return strategy
     return tf.distribute.get_strategy()

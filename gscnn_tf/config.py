@@ -214,7 +214,7 @@ def parse_override(text: str) -> dict:
     if not parts:
         raise ConfigError(f"override {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.safe_load(raw) if raw.strip() else ""  # "key=" is the empty string; "key=null" is None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
     nested: dict = value

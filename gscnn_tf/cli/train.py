@@ -86,6 +86,8 @@ def main(argv=None) -> int:
     try:
         summary = train(cfg, fresh=args.fresh, require_resume=args.resume)
     except (TrainingError, FileNotFoundError, ValueError) as exc:
+        if args.log_level == "DEBUG":
+            raise  # the full traceback, for bug reports
         return fail(str(exc))
     logging.getLogger("gscnn_tf").info(
         "done: step %d in %.0f s; weights fingerprint %s; run directory %s",

@@ -153,7 +153,10 @@ def _tfrecord_source(pattern: str, field_name: str, training: bool, seed, input_
             raise ValueError(f"{field_name} = {pattern!r} matches {len(files)} file(s), fewer than the {n} input pipelines")
         ds = ds.shard(n, i)
     if training:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        # Deterministic mode: the same order for every iterator of this dataset (a seeded
+        # reshuffle depends on how many iterators were made before, which differs between
+        # a plain dataset and distribute_datasets_from_function).
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=not deterministic)
         ds = ds.interleave(
             lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20).map(lambda r: (f, r)),
             cycle_length=min(len(files), 16),
@@ -230,10 +233,12 @@ def build_train_dataset(
     pipeline_id = input_context.input_pipeline_id if input_context else 0
 
     ds, parse_fn, decode_fn = _source(data_config, "train", True, seed, input_context, deterministic)
-    if data_config.shuffle_buffer > 1:
-        ds = ds.shuffle(data_config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
+    if data_config.shuffle_buffer > 1:
+        # After repeat(), the buffer mixes across epoch boundaries, so epochs differ in order
+        # even without reshuffling; deterministic mode must not reshuffle per iterator (above).
+        ds = ds.shuffle(data_config.shuffle_buffer, seed=seed, reshuffle_each_iteration=not deterministic)
     options = _options(deterministic)
     if _stop_after == "parse":
         return ds.map(parse_fn, num_parallel_calls=AUTOTUNE, deterministic=deterministic).prefetch(AUTOTUNE).with_options(options)

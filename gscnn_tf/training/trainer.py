@@ -10,7 +10,9 @@ Distribution convention: the loss terms return each replica's *share* of the glo
 loss (normalised by global pixel counts), so summing replica gradients — what
 MirroredStrategy does — yields the gradient of the global-batch loss. ``compute_loss`` is
 overridden, so Keras' own per-replica ``1 / num_replicas`` loss scaling (applied inside
-``keras.losses.Loss.__call__``) does not happen on top of that.
+``keras.losses.Loss.__call__``) does not happen on top of that. The logged values are
+the global ones (shares all-reduced before they reach the metrics), so a 2-replica run
+logs the same numbers as a 1-device run on the same global batch.
 """
 from __future__ import annotations
 
@@ -23,6 +25,18 @@ from gscnn_tf.losses import TERM_NAMES
 
 def _num_replicas() -> int:
     return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _in_multi_worker_mode() -> bool:
+    strategy = tf.distribute.get_strategy()
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode()
+
+
+def _sum_over_replicas(x):
+    ctx = tf.distribute.get_replica_context()
+    if ctx is not None and ctx.num_replicas_in_sync > 1:
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, x)
+    return x
 
 
 class GSCNNTrainer(keras.Model):
@@ -51,6 +65,8 @@ class GSCNNTrainer(keras.Model):
             dual_task_gumbel_noise=loss_config.gumbel_noise,
         )
         self.term_trackers = {name: keras.metrics.Mean(name=f"loss_{name}") for name in TERM_NAMES}
+        # Reported as "loss" in place of Keras' own tracker, which sees one replica's share.
+        self.total_tracker = keras.metrics.Mean(name="loss")
         self.miou = StreamingMeanIoU(num_classes=num_classes, name="miou")
 
     def call(self, inputs, training=False):
@@ -58,22 +74,41 @@ class GSCNNTrainer(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         terms = {k: ops.cast(v, "float32") for k, v in self.gscnn_loss.terms(y, y_pred).items()}
-        replicas = float(_num_replicas())
-        for name in TERM_NAMES:
-            # Trackers see the global value: each replica holds its share, the Mean averages them.
-            self.term_trackers[name].update_state(terms[name] * replicas)
         total = self.gscnn_loss.total(terms)
         # Layer losses (none by default: weight decay lives in the optimizer); Keras would
         # average them over replicas, so they are shared out the same way as the terms.
         if self.losses:
-            total = total + ops.sum(ops.stack([ops.cast(l, "float32") for l in self.losses])) / replicas
+            total = total + ops.sum(ops.stack([ops.cast(l, "float32") for l in self.losses])) / _num_replicas()
+        # Log global values: Keras reads metric variables per replica (the logs show replica
+        # 0's), so the shares are summed across replicas first; no gradient flows here.
+        logged = _sum_over_replicas(ops.stop_gradient(ops.stack([terms[n] for n in TERM_NAMES] + [total])))
+        for i, name in enumerate(TERM_NAMES):
+            self.term_trackers[name].update_state(logged[i])
+        self.total_tracker.update_state(logged[-1])
         return total
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15 (TF backend, any strategy scope) pulls a batch off the training
+        # iterator here and MEAN-reduces it across replicas just to build the model. That
+        # (1) fails under MultiWorkerMirroredStrategy ("Attempt to convert a value
+        # (PerReplica...) to a Tensor") and (2) skips a training batch, so a 2-replica run
+        # would not see the data a 1-device run sees. run.py builds the model and optimizer
+        # before fit, so there is nothing left to build.
+        if self.built and self.optimizer is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         self.miou.update_state(y["label"], y_pred["seg_logits"])
-        return self.get_metrics_result()
+        results = self.get_metrics_result()
+        if _in_multi_worker_mode():
+            # Keras 3.15 reduces step logs across workers with strategy.reduce("MEAN", v,
+            # axis=0), which fails on scalars; the values are already global, so a length-1
+            # axis makes that reduction a no-op.
+            results = {name: ops.reshape(value, (1,)) for name, value in results.items()}
+        return results
 
     @property
     def metrics(self):
         # Order = order in the progress bar and logs.
-        return [self._loss_tracker, *self.term_trackers.values(), self.miou]
+        return [self.total_tracker, *self.term_trackers.values(), self.miou]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
+from gscnn_tf.cli.common import configure_logging
 
 log = logging.getLogger("gscnn-convert")
 PROG = "gscnn-convert"
@@ -70,9 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    configure_logging(args)
     from gscnn_tf.data.cityscapes import ConversionError
     from gscnn_tf.data import convert
 

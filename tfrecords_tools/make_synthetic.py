@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from gscnn_tf.cli.common import configure_logging
 
 log = logging.getLogger("gscnn-synthetic")
 
@@ -32,8 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args)
     from gscnn_tf.data.synthetic import generate_synthetic_cityscapes
 
     try:

@@ -13,7 +13,7 @@ def add_common_flags(parser) -> None:
 
 
 def configure_logging(args) -> None:
-    level = "WARNING" if getattr(args, "quiet", False) else args.log_level
+    level = "WARNING" if getattr(args, "quiet", False) else getattr(args, "log_level", "INFO")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ banner noise
     for noisy in ("absl", "tensorflow", "h5py"):

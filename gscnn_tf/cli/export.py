@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from gscnn_tf.cli.common import configure_logging
 
 logger = logging.getLogger("gscnn_tf.export")
 
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args)
     from gscnn_tf.checkpoints import CheckpointError, load_inference_model
     from gscnn_tf.config import ConfigError, load_config
     from gscnn_tf.export.saved_model import ExportError, export_saved_model

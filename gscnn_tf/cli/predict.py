@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from gscnn_tf.cli.common import configure_logging
 
 logger = logging.getLogger("gscnn_tf.predict")
 
@@ -58,8 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level="WARNING" if args.quiet else args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args)
     from gscnn_tf.checkpoints import CheckpointError
     from gscnn_tf.config import ConfigError
     from gscnn_tf.predict import ImageReadError, find_images, load_predictor, predict_files

@@ -41,6 +41,16 @@ class ConversionError(Exception):
     """A user-facing problem with the input or output (message names the file)."""
 
 
+def require_pairs(images: dict, labels: dict, missing_label: str, missing_image: str) -> None:
+    """Raises ConversionError naming the first image without a label, then the first label
+    without an image (``images``/``labels``: key -> path; messages say what is missing)."""
+    for sources, others, problem in ((images, labels, missing_label), (labels, images, missing_image)):
+        unmatched = [sources[k] for k in sources if k not in others]
+        if unmatched:
+            more = f" (and {len(unmatched) - 1} more)" if len(unmatched) > 1 else ""
+            raise ConversionError(f"{unmatched[0]}: {problem}{more}")
+
+
 # --------------------------------------------------------------------------- file refs
 _ZIP_CACHE: dict = {}
 
@@ -246,14 +256,8 @@ def discover_cityscapes(root: str, split: str, with_labels: Optional[bool] = Non
         raise ConversionError(f"{where}: no images found for split {split!r} (empty split)")
     samples = []
     if with_labels:
-        missing = [images[k] for k in images if k not in labels]
-        if missing:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise ConversionError(f"{missing[0]}: no matching *{LABEL_SUFFIX} label file{more}")
-        orphans = [labels[k] for k in labels if k not in images]
-        if orphans:
-            more = f" (and {len(orphans) - 1} more)" if len(orphans) > 1 else ""
-            raise ConversionError(f"{orphans[0]}: label file without a matching *{IMAGE_SUFFIX} image{more}")
+        require_pairs(images, labels, f"no matching *{LABEL_SUFFIX} label file",
+                      f"label file without a matching *{IMAGE_SUFFIX} image")
     for key in sorted(images, key=lambda k: k[1]):
         samples.append(Sample(name=key[1], image=images[key], label=labels.get(key) if with_labels else None))
     return samples

@@ -43,6 +43,7 @@ from gscnn_tf.data.cityscapes import (
     FileRef,
     Sample,
     discover_cityscapes,
+    require_pairs,
     source_kind,
     validate_samples,
 )
@@ -196,14 +197,8 @@ def discover_folder(images_dir: str, labels_dir: Optional[str], label_suffix: st
         for path in sorted(glob.glob(os.path.join(labels_dir, "**", "*" + suffix), recursive=True)):
             rel = os.path.relpath(path, labels_dir)
             labels[rel[: -len(suffix)]] = FileRef(path)
-        missing = [images[k] for k in images if k not in labels]
-        if missing:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise ConversionError(f"{missing[0]}: no matching label file *{suffix} in {labels_dir}{more}")
-        orphans = [labels[k] for k in labels if k not in images]
-        if orphans:
-            more = f" (and {len(orphans) - 1} more)" if len(orphans) > 1 else ""
-            raise ConversionError(f"{orphans[0]}: label file without a matching image in {images_dir}{more}")
+        require_pairs(images, labels, f"no matching label file *{suffix} in {labels_dir}",
+                      f"label file without a matching image in {images_dir}")
     return [Sample(name=k.replace(os.sep, "/"), image=images[k], label=labels.get(k)) for k in sorted(images)]
 
 

@@ -247,7 +247,10 @@ def test_resnet101_equivalence_with_keras_applications(tmp_path):
     reference = np.asarray(source(image[..., ::-1], training=False))  # BGR for Keras' ResNet
     _assert_input_dependent(reference)
     ours = np.asarray(build_backbone("resnet101", 32, pretrained=path)(image, training=False)["c5"])
-    np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+    # 101 layers accumulate float32 summation-order differences (oneDNN threading): 1e-4 of
+    # the max was exceeded by 0.2 % of values once under load (worst 2e-4). A missing BGR
+    # flip or a wrong dilation is off by orders of magnitude more.
+    np.testing.assert_allclose(ours, reference, rtol=1e-3, atol=1e-3 * np.abs(reference).max())
 
 
 @pytest.mark.slow

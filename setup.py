@@ -24,7 +24,8 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "scipy>=1.11", "scikit-image>=0.22"],
+        # jax: the cross-backend test runs the model and losses on Keras' JAX backend (CPU).
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "scipy>=1.11", "scikit-image>=0.22", "jax>=0.5"],
     },
     entry_points={
         "console_scripts": [

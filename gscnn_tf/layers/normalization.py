@@ -7,7 +7,6 @@ statistics over 2 images are too noisy, so under a tf.distribute strategy the de
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 
 # Matches PyTorch's BatchNorm2d defaults (momentum 0.1 there == 0.9 here, eps 1e-5), which the
 # official implementation and torchvision-style backbones use.
@@ -16,8 +15,16 @@ BN_EPSILON = 1e-5
 
 
 def resolve_sync(sync="auto") -> bool:
-    """``"auto"``: SyncBN exactly when a (non-default) distribution strategy is active."""
+    """``"auto"``: SyncBN exactly when a (non-default) distribution strategy is active.
+
+    tf.distribute strategies exist only on the TensorFlow backend; on another Keras backend
+    (JAX on a GPU, for instance) "auto" means plain BatchNormalization.
+    """
     if sync == "auto":
+        if keras.backend.backend() != "tensorflow":
+            return False
+        import tensorflow as tf
+
         return tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1
     return bool(sync)
 

@@ -13,7 +13,8 @@ Conventions (chosen so that a NumPy/SciPy reimplementation matches exactly):
   ``y = soft + stop_gradient(hard - soft)``). ``logits`` may replace ``log p`` because
   softmax is invariant to the per-pixel ``logsumexp`` shift. Noise comes from a
   ``keras.random.SeedGenerator`` (seed in the config), offset by the replica id under
-  tf.distribute so replicas draw independent noise; ``gumbel_noise=False`` gives the
+  tf.distribute so replicas draw independent noise (on other Keras backends the noise is
+  ``keras.random.uniform`` from the same generator); ``gumbel_noise=False`` gives the
   plain softmax straight-through estimator (deterministic gradient).
 * **G**: separable Gaussian, std ``sigma``, radius ``int(truncate * sigma + 0.5)``,
   normalised, symmetric border extension (``scipy.ndimage.gaussian_filter(mode="reflect",
@@ -38,7 +39,6 @@ import math
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from gscnn_tf.losses.segmentation import DictLoss, global_sum, labels_of
@@ -127,18 +127,24 @@ class DualTaskLoss(DictLoss):
         """Chebyshev radius of the pixels one zeta value depends on (Gaussian + Sobel)."""
         return (len(self._kernel1d) - 1) // 2 + 1
 
-    def _replica_seed(self):
-        """The SeedGenerator's next seed, made distinct per replica.
+    def _uniform_noise(self, like):
+        """Uniform (0, 1) noise shaped like ``like``, from the SeedGenerator, distinct per replica.
 
         Under tf.distribute every replica reads the same generator state, so without the
-        replica id all replicas would draw the same noise field (hence the TF ops here).
+        replica id all replicas would draw the same noise field (hence the TF ops there).
+        Other Keras backends have no tf.distribute replicas: plain ``keras.random.uniform``.
+        minval > 0 keeps -log(-log(u)) finite.
         """
+        if keras.backend.backend() != "tensorflow":
+            return keras.random.uniform(ops.shape(like), minval=1e-7, maxval=1.0, seed=self.seed_generator)
+        import tensorflow as tf
+
         seed = tf.cast(tf.math.floormod(self.seed_generator.next(), 2**31 - 1), tf.int32)
         ctx = tf.distribute.get_replica_context()
         if ctx is not None and ctx.num_replicas_in_sync > 1:
             replica = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
             seed = seed + tf.stack([tf.constant(0, tf.int32), replica * 1000003])
-        return seed
+        return tf.random.stateless_uniform(tf.shape(like), seed=seed, minval=1e-7, maxval=1.0, dtype=tf.float32)
 
     def straight_through_argmax(self, logits):
         """Hard one-hot argmax forward, Gumbel-softmax gradient. (B,H,W,K) -> (B,H,W,K)."""
@@ -146,11 +152,7 @@ class DualTaskLoss(DictLoss):
         hard = ops.one_hot(ops.argmax(logits, axis=-1), num_classes, dtype="float32")
         perturbed = logits
         if self.gumbel_noise:
-            # Uniform in (0, 1): minval > 0 keeps -log(-log(u)) finite.
-            u = tf.random.stateless_uniform(
-                tf.shape(logits), seed=self._replica_seed(), minval=1e-7, maxval=1.0, dtype=tf.float32
-            )
-            perturbed = logits + (-ops.log(-ops.log(u)))
+            perturbed = logits + (-ops.log(-ops.log(self._uniform_noise(logits))))
         soft = ops.softmax(perturbed / self.tau, axis=-1)
         return soft + ops.stop_gradient(hard - soft)
 

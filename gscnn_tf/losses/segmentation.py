@@ -16,8 +16,11 @@ Shared conventions (docs/ARCHITECTURE.md "Targets" and "Losses"):
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 from keras import ops
+
+
+def _on_tensorflow() -> bool:
+    return keras.backend.backend() == "tensorflow"
 
 
 def global_sum(x):
@@ -27,6 +30,10 @@ def global_sum(x):
     of the backward pass.
     """
     x = ops.stop_gradient(x)
+    if not _on_tensorflow():  # tf.distribute is the only replica context there is
+        return x
+    import tensorflow as tf
+
     ctx = tf.distribute.get_replica_context()
     if ctx is not None and ctx.num_replicas_in_sync > 1:
         return ctx.all_reduce(tf.distribute.ReduceOp.SUM, x)
@@ -60,9 +67,17 @@ def pixel_cross_entropy(label, logits, ignore_label: int = 255):
     return ce * valid, valid
 
 
+def _to_tensor(x):
+    if _on_tensorflow():
+        import tensorflow as tf
+
+        return tf.convert_to_tensor(x)  # also reads tf.Variables (keras.ops would pass them through)
+    return ops.convert_to_tensor(x)
+
+
 def _to_float32(x):
-    x = tf.convert_to_tensor(x)  # also reads tf.Variables (keras.ops would pass them through)
-    return x if x.dtype == tf.float32 else ops.cast(x, "float32")
+    x = _to_tensor(x)
+    return x if keras.backend.standardize_dtype(x.dtype) == "float32" else ops.cast(x, "float32")
 
 
 class DictLoss(keras.losses.Loss):
@@ -86,7 +101,7 @@ class DictLoss(keras.losses.Loss):
     @staticmethod
     def _standardize(y_true, y_pred):
         y_true = dict(y_true)
-        y_true["label"] = tf.convert_to_tensor(y_true["label"])
+        y_true["label"] = _to_tensor(y_true["label"])
         if "boundary" in y_true:
             y_true["boundary"] = _to_float32(y_true["boundary"])
         y_pred = {k: _to_float32(v) for k, v in dict(y_pred).items()}

@@ -373,6 +373,56 @@ def test_max_pixels_rejects_large_images_readably():
     assert module.metadata()["max_pixels"] == 768
 
 
+def _encode(image, fmt):
+    """RGB uint8 -> encoded bytes in PNG, JPEG, GIF or BMP (PIL, independent of the export)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _with_jpeg_size(jpeg: bytes, height: int, width: int) -> bytes:
+    """The same JPEG with the frame size in its SOF0 segment rewritten."""
+    import struct
+
+    sof = jpeg.index(b"\xff\xc0")
+    return jpeg[: sof + 5] + struct.pack(">HH", height, width) + jpeg[sof + 9 :]
+
+
+def test_max_pixels_reads_each_formats_header_before_decoding():
+    import struct
+
+    module = sm.build_serving_module(build_tiny_model(), standin_config(), max_pixels=24 * 32)
+    small, big = warmup.synthetic_image(24, 32), warmup.synthetic_image(25, 32)
+    for fmt in ("PNG", "JPEG", "GIF", "BMP"):
+        out = module.serve_bytes(tf.constant([_encode(small, fmt)]))
+        assert out["classes"].shape == (1, 24, 32), fmt  # header sizes read right: no false refusal
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes\[0\] is 25x32 pixels, more than"):
+            module.serve_bytes(tf.constant([_encode(big, fmt)]))
+
+    # Headers declaring 20000x30000 pixels (2.4 GB once decoded) with no pixel data behind them:
+    # refused by the size check, before any decoder sees them (a decoder would call them corrupt).
+    bombs = {
+        "PNG": b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">IIBBBBB", 30000, 20000, 8, 2, 0, 0, 0),
+        "JPEG": _with_jpeg_size(_encode(small, "JPEG"), 20000, 30000),  # 24x32 pixels of data behind it
+        "GIF": b"GIF89a" + struct.pack("<HH", 30000, 20000) + b"\0" * 7,
+        "BMP": b"BM" + b"\0" * 12 + struct.pack("<Iii", 40, 30000, -20000) + b"\0" * 28,
+    }
+    for fmt, data in bombs.items():
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes\[0\] is 20000x30000 pixels, more than"):
+            module.serve_bytes(tf.constant([data]))
+    assert module.serve_bytes(tf.constant([_encode(small, "PNG")]))["height"].numpy().tolist() == [24]
+
+    # Without a limit nothing is read ahead: the same bytes reach the decoder, which rejects them.
+    unlimited = sm.build_serving_module(build_tiny_model(), standin_config())
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        unlimited.serve_bytes(tf.constant([bombs["PNG"]]))
+    assert "pixels, more than" not in str(error.value)
+
+
 def test_cli_export_from_keras_file(tmp_path, capsys):
     from gscnn_tf.cli import export as cli
 

@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "repeats the border pixels, 'mean' pads with the normalisation mean colour (default: edge)")
     p.add_argument("--max-pixels", type=int, default=0,
                    help="reject (INVALID_ARGUMENT) images with more than this many pixels, protecting the server's "
-                   "memory, e.g. 16777216 for 4096x4096; 0 = no limit (default)")
+                   "memory, e.g. 16777216 for 4096x4096; PNG, JPEG, GIF and BMP sizes are read from the header before "
+                   "decoding; 0 = no limit (default)")
     p.add_argument("--model-name", default="gscnn",
                    help="model name written into the warmup requests and labels.json (TF Serving --model_name)")
     p.add_argument("--warmup-images", nargs="+", default=None, metavar="IMAGE",

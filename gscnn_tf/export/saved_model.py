@@ -189,6 +189,47 @@ class GSCNNServingModule(tf.Module):
         too_big = tf.cast(height, tf.int64) * tf.cast(width, tf.int64) > self.max_pixels
         return [tf.debugging.Assert(tf.logical_not(too_big), [message])]
 
+    @staticmethod
+    def _declared_size(data: tf.Tensor):
+        """(height, width) int64 that an encoded image's header declares, (-1, -1) if not read.
+
+        Read from the header alone (PNG IHDR, JPEG SOF via ``extract_jpeg_shape``, GIF logical
+        screen, BMP BITMAPINFOHEADER), so ``max_pixels`` can refuse a decompression bomb (a
+        few KB that decode to gigabytes) before the decoder allocates it. WebP and unusual
+        headers give -1: the check after decoding still covers them.
+        """
+        padded = tf.strings.join([data, tf.constant(b"\0" * 26)])
+        head = lambda pos, n: tf.strings.substr(padded, pos, n)  # noqa: E731
+
+        def uint(pos, n, big_endian):
+            digits = tf.cast(tf.io.decode_raw(head(pos, n), tf.uint8), tf.int64)
+            weights = tf.constant([256**k for k in (range(n - 1, -1, -1) if big_endian else range(n))], tf.int64)
+            return tf.reduce_sum(digits * weights)
+
+        def bmp():
+            height = uint(22, 4, False)  # signed: negative for top-down bitmaps
+            height = tf.where(height >= 2**31, 2**32 - height, height)
+            return height, uint(18, 4, False)
+
+        def jpeg():
+            shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)
+            return shape[0], shape[1]
+
+        is_png = tf.logical_and(tf.equal(head(0, 8), b"\x89PNG\r\n\x1a\n"), tf.equal(head(12, 4), b"IHDR"))
+        is_bmp = tf.logical_and(tf.equal(head(0, 2), b"BM"), uint(14, 4, False) >= 40)
+        height, width = tf.case(
+            [
+                (is_png, lambda: (uint(20, 4, True), uint(16, 4, True))),
+                (tf.equal(head(0, 3), b"\xff\xd8\xff"), jpeg),
+                (tf.equal(head(0, 3), b"GIF"), lambda: (uint(8, 2, False), uint(6, 2, False))),
+                (is_bmp, bmp),
+            ],
+            default=lambda: (tf.constant(-1, tf.int64), tf.constant(-1, tf.int64)),
+            exclusive=True,
+        )
+        # Headers hold up to 32-bit sizes; capping at 2**31 keeps height * width inside int64.
+        return tf.minimum(height, 2**31), tf.minimum(width, 2**31)
+
     def _serve_images(self, images):
         images = tf.ensure_shape(images, [None, None, None, 3])
         shape = tf.shape(images)
@@ -236,7 +277,12 @@ class GSCNNServingModule(tf.Module):
             n = tf.identity(n)
 
         def decode(i, images, heights, widths):
-            img = tf.io.decode_image(image_bytes[i], channels=3, dtype=tf.uint8, expand_animations=False)
+            data = image_bytes[i]
+            if self.max_pixels > 0:  # refuse what the header declares before decoding it
+                declared_h, declared_w = self._declared_size(data)
+                with tf.control_dependencies(self._check_size(declared_h, declared_w, BYTES_INPUT, i)):
+                    data = tf.identity(data)
+            img = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
             img = tf.ensure_shape(img, [None, None, 3])
             s = tf.shape(img)
             with tf.control_dependencies(self._check_size(s[0], s[1], BYTES_INPUT, i)):

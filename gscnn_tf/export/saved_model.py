@@ -85,6 +85,16 @@ class _Holder:
         self.model = model
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOI = b"\xff\xd8\xff"
+
+
+def _header_reader(data: tf.Tensor, length: int):
+    """``head(pos, n)``: bytes ``pos:pos+n`` of ``data`` (scalar or batch) with ``length`` zero bytes appended."""
+    padded = tf.strings.join([data, tf.constant(b"\0" * length)])
+    return lambda pos, n: tf.strings.substr(padded, pos, n)
+
+
 class GSCNNServingModule(tf.Module):
     """The serving graph around a Keras inference model (image -> {seg_logits, edge}).
 
@@ -198,8 +208,7 @@ class GSCNNServingModule(tf.Module):
         few KB that decode to gigabytes) before the decoder allocates it. WebP and unusual
         headers give -1: the check after decoding still covers them.
         """
-        padded = tf.strings.join([data, tf.constant(b"\0" * 26)])
-        head = lambda pos, n: tf.strings.substr(padded, pos, n)  # noqa: E731
+        head = _header_reader(data, 26)
 
         def uint(pos, n, big_endian):
             digits = tf.cast(tf.io.decode_raw(head(pos, n), tf.uint8), tf.int64)
@@ -215,12 +224,12 @@ class GSCNNServingModule(tf.Module):
             shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)
             return shape[0], shape[1]
 
-        is_png = tf.logical_and(tf.equal(head(0, 8), b"\x89PNG\r\n\x1a\n"), tf.equal(head(12, 4), b"IHDR"))
+        is_png = tf.logical_and(tf.equal(head(0, 8), _PNG_SIGNATURE), tf.equal(head(12, 4), b"IHDR"))
         is_bmp = tf.logical_and(tf.equal(head(0, 2), b"BM"), uint(14, 4, False) >= 40)
         height, width = tf.case(
             [
                 (is_png, lambda: (uint(20, 4, True), uint(16, 4, True))),
-                (tf.equal(head(0, 3), b"\xff\xd8\xff"), jpeg),
+                (tf.equal(head(0, 3), _JPEG_SOI), jpeg),
                 (tf.equal(head(0, 3), b"GIF"), lambda: (uint(8, 2, False), uint(6, 2, False))),
                 (is_bmp, bmp),
             ],
@@ -246,13 +255,12 @@ class GSCNNServingModule(tf.Module):
 
         Returns a True scalar that depends on the assertion; call only for a non-empty batch.
         """
-        padded = tf.strings.join([image_bytes, tf.constant(b"\0" * 12)])
-        head = lambda pos, n: tf.strings.substr(padded, pos, n)  # noqa: E731
+        head = _header_reader(image_bytes, 12)
         known = tf.reduce_any(
             tf.stack(
                 [
-                    tf.equal(head(0, 8), b"\x89PNG\r\n\x1a\n"),
-                    tf.equal(head(0, 3), b"\xff\xd8\xff"),
+                    tf.equal(head(0, 8), _PNG_SIGNATURE),
+                    tf.equal(head(0, 3), _JPEG_SOI),
                     tf.equal(head(0, 6), b"GIF87a"),
                     tf.equal(head(0, 6), b"GIF89a"),
                     tf.equal(head(0, 2), b"BM"),

@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """The network: regular stream, shape stream and fusion (REFERENCE.md section 1)."""
+    """The network: regular stream, shape stream and fusion (docs/PAPER.md section 1)."""
 
     backbone: str = "resnet50"  # resnet50 | resnet101 | mobilenetv2
     output_stride: int = 8  # 8 (paper) or 16
@@ -66,7 +66,7 @@ class LossConfig:
 
 @dataclass
 class DataConfig:
-    """Where the data comes from and how it is augmented (REFERENCE.md sections 3 and 5)."""
+    """Where the data comes from and how it is augmented (docs/PAPER.md sections 4 and 6)."""
 
     source: str = "tfrecord"  # tfrecord | tfds
     train_pattern: str = ""  # glob of training shards, e.g. data/tfrecords/train_fine-*.tfrecord
@@ -89,7 +89,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and the run (REFERENCE.md section 3)."""
+    """Optimisation and the run (docs/PAPER.md section 4)."""
 
     model_dir: str = "runs/experiment"
     batch_size: int = 16  # global batch size, split across replicas
@@ -114,7 +114,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """The paper's metrics (REFERENCE.md section 4)."""
+    """The paper's metrics (docs/PAPER.md section 5)."""
 
     boundary_tolerances_px: list = field(default_factory=lambda: [3, 5, 9, 12])
     # Boundary tolerances are given at this reference resolution and scaled with the

@@ -1,4 +1,4 @@
-"""Model evaluation with the paper's metrics (REFERENCE.md section 4).
+"""Model evaluation with the paper's metrics (docs/PAPER.md section 5).
 
 ``evaluate(model, dataset, eval_config)`` runs inference image by image and accumulates
 

@@ -1,4 +1,4 @@
-"""``build_gscnn``: the Gated-SCNN network (REFERENCE.md section 1, docs/ARCHITECTURE.md).
+"""``build_gscnn``: the Gated-SCNN network (docs/PAPER.md section 1, docs/ARCHITECTURE.md).
 
 ::
 

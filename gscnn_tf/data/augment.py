@@ -1,4 +1,4 @@
-"""Joint image/label augmentations in TensorFlow ops (REFERENCE.md section 3).
+"""Joint image/label augmentations in TensorFlow ops (docs/PAPER.md section 4).
 
 The official GSCNN recipe: random scale 0.5-2.0, random crop (padded with the ignore
 label), horizontal flip, colour jitter 0.25 and Gaussian blur. Every op here takes the

@@ -1,4 +1,4 @@
-"""DeepLabV3+ decoder (REFERENCE.md section 1): fuses ASPP output with low-level features.
+"""DeepLabV3+ decoder (docs/PAPER.md section 1): fuses ASPP output with low-level features.
 
 ::
 

@@ -1,4 +1,4 @@
-"""Gated convolutional layer (GCL), paper section 3.1 / REFERENCE.md section 1.
+"""Gated convolutional layer (GCL), paper section 3.1 / docs/PAPER.md section 1.
 
 The gate lets the regular stream tell the shape stream where to look: an attention map
 alpha computed from the shape features s and the regular-stream gate signal r re-weights

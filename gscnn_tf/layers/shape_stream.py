@@ -1,4 +1,4 @@
-"""Shape stream (paper section 3.1, REFERENCE.md section 1): the boundary-only branch.
+"""Shape stream (paper section 3.1, docs/PAPER.md section 1): the boundary-only branch.
 
 Runs at full input resolution (as the official code). Data flow, channels in brackets::
 

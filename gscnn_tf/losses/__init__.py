@@ -1,6 +1,6 @@
 """gscnn_tf.losses: ground-truth boundaries and the four Gated-SCNN loss terms.
 
-See docs/ARCHITECTURE.md ("Targets", "Losses") and REFERENCE.md section 2.
+See docs/ARCHITECTURE.md ("Targets", "Losses") and docs/PAPER.md section 2.
 """
 from gscnn_tf.losses.attention import AttentionLoss
 from gscnn_tf.losses.combined import TERM_NAMES, GSCNNLoss

@@ -1,6 +1,6 @@
 """Ground-truth semantic boundary maps from train-id label maps, in TensorFlow ops.
 
-Definition (the official GSCNN recipe, REFERENCE.md section 2, with one deliberate
+Definition (the official GSCNN recipe, docs/PAPER.md section 2, with one deliberate
 difference): a pixel ``p`` whose label is not ``ignore_label`` is a boundary pixel iff
 some pixel ``q`` of the image with Euclidean distance ``|p - q| <= radius`` has a
 different label; ``ignore_label`` counts as a different label. All classes take part,

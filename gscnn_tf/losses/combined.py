@@ -1,4 +1,4 @@
-"""GSCNNLoss: the paper's weighted sum of the four terms (REFERENCE.md section 2).
+"""GSCNNLoss: the paper's weighted sum of the four terms (docs/PAPER.md section 2).
 
     total = edge_weight * BCE_edge + seg_weight * CE_seg
           + dual_task_weight * L_reg-> + attention_weight * L_reg<-      (paper: 20, 1, 1, 1)

@@ -1,4 +1,4 @@
-"""gscnn_tf.metrics: the paper's evaluation metrics (REFERENCE.md section 4).
+"""gscnn_tf.metrics: the paper's evaluation metrics (docs/PAPER.md section 5).
 
 * :mod:`.confusion`: confusion matrix, IoU, mIoU, category mIoU, accuracies, and the
   in-graph ``StreamingMeanIoU`` used as ``val_miou`` during training;

@@ -1,7 +1,9 @@
 """``predict.py``: segment image files or folders with a SavedModel export or a checkpoint.
 
 Per image ``<name>``: ``<name>_seg.png`` (Cityscapes colours), ``<name>_overlay.png``,
-``<name>_edges.png`` and with ``--label-ids`` ``<name>_labelIds.png``.
+``<name>_edges.png`` and with ``--label-ids`` ``<name>_labelIds.png``. Two inputs never
+share outputs: names that would collide get ``_2``, ``_3``, ... (logged). Only regular
+files up to ``--max-file-size`` are read (a FIFO or a device is reported, not read).
 
 Exit status: 0 when every image was segmented; 1 when some files could not be read (each
 is reported by name as a warning, the others are still processed; ``--fail-fast`` stops
@@ -51,9 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SavedModel version to use from an export directory (default: the highest)")
     p.add_argument("--fail-fast", action="store_true",
                    help="stop at the first unreadable image (default: skip it, report it, exit 1 at the end)")
+    p.add_argument("--max-file-size", type=int, default=64 * 2**20, metavar="BYTES",
+                   help="skip (and report) input files larger than this; only regular files are read, so a FIFO or "
+                   "a device never hangs the run (default 67108864 = 64 MiB; 0 = no limit)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, warnings and errors only")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-                   help="logging verbosity (default INFO)")
+                   help="logging verbosity (default INFO; DEBUG also shows TensorFlow's start-up lines)")
     return p
 
 
@@ -70,7 +75,8 @@ def main(argv=None) -> int:
             raise FileNotFoundError(f"{', '.join(args.input)}: no images found")
         predictor = load_predictor(args.model, config_path=args.config, version=args.version)
         summary = predict_files(predictor, items, args.output, alpha=args.overlay_alpha, label_ids=args.label_ids,
-                                fail_fast=args.fail_fast, progress=not args.quiet and sys.stderr.isatty())
+                                fail_fast=args.fail_fast, progress=not args.quiet and sys.stderr.isatty(),
+                                max_bytes=args.max_file_size)
     except ImageReadError as exc:
         print(f"predict: error: {exc}", file=sys.stderr)
         return 1

@@ -61,6 +61,7 @@ from gscnn_tf.data.cityscapes import (
     validate_samples,
 )
 from gscnn_tf.utils.atomic import atomic_path, atomic_write_text
+from gscnn_tf.utils.permissions import follow_umask
 
 log = logging.getLogger(__name__)
 
@@ -225,10 +226,7 @@ def discover_folder(images_dir: str, labels_dir: Optional[str], label_suffix: st
 # --------------------------------------------------------------------------- records
 def _make_readable(path: str) -> None:
     """Temporary files are created 0600; published artefacts get the usual umask mode."""
-    umask = os.umask(0)
-    os.umask(umask)
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o666 & ~umask)
+    follow_umask(path)
 
 
 def _image_format(ref: FileRef) -> str:

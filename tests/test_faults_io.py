@@ -155,7 +155,6 @@ def _alive(pid):
     return state not in ("Z", "X")  # a zombie is dead (nobody may reap it in a container)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_parallel_conversion_leaves_no_orphan_workers(cs_src, tmp_path, sig):
     out = str(tmp_path / "out")

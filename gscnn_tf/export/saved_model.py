@@ -601,7 +601,9 @@ def export_saved_model(
 
 def check_finite_weights(model, source: str) -> None:
     """Raises :class:`ExportError` naming ``source`` and the first weights holding NaN or Inf."""
-    bad = [w for w in model.weights if not np.all(np.isfinite(np.asarray(w.numpy(), np.float64)))]
+    # One variable at a time, in its own dtype (integer counters are always finite).
+    bad = [w for w in model.weights
+           if tf.as_dtype(w.dtype).is_floating and not bool(tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(w))))]
     if bad:
         names = ", ".join(w.path if hasattr(w, "path") else w.name for w in bad[:3])
         raise ExportError(f"{source}: {len(bad)} of {len(model.weights)} weight tensors hold NaN or Inf ({names}"

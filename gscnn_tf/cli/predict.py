@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, nargs="+", metavar="IMG_OR_DIR",
                    help="image files and/or folders of images (.png .jpg .jpeg .bmp .gif .webp)")
     p.add_argument("--output", default="predictions",
-                   help="output folder (created; default ./predictions); folder inputs keep their sub-folders")
+                   help="output folder (created; default ./predictions); folder inputs keep their sub-folders; inputs "
+                   "whose outputs would share a name get _2, _3, ... (logged), nothing is overwritten within a run")
     p.add_argument("--overlay-alpha", type=_alpha, default=0.5,
                    help="weight of the colour mask in <name>_overlay.png, 0 = photo only, 1 = mask only "
                    "(default 0.5)")

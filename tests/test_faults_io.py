@@ -455,7 +455,8 @@ def test_serving_client_reports_malformed_responses_in_one_line(tmp_path):
     import threading
 
     bodies = [b"[1, 2]", b'{"predictions": "x"}', b'{"predictions": [{"classes": [[1, 2], [3]]}]}',
-              b'{"predictions": [{"classes": [["a", "b"]]}]}', b'{"predictions": [{"classes": [[0, 1]], "height": "x"}]}',
+              b'{"predictions": [{"classes": [["a", "b"]]}]}',
+              b'{"predictions": [{"classes": [[0, 1]], "height": "x"}]}',
               b'{"predictions": [{"classes": [[0, 1]], "height": 5, "width": 2}]}', b'{"predic',
               b'{"predictions": [{"classes": [[0, 1]], "edge": [0.5]}]}', b'{"predictions": [[0, 1]]}']
     served = []

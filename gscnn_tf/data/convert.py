@@ -296,7 +296,8 @@ def _write_error(path: str, error: BaseException) -> ConversionError:
     reason = reason.splitlines()[0] if reason else type(error).__name__
     if reason.startswith(path):  # TensorFlow's messages start with the file name
         reason = reason[len(path):].lstrip(" ;:")
-    return ConversionError(f"{path}: cannot write ({reason}); complete shards and any earlier dataset are kept, free space and rerun to resume")
+    return ConversionError(f"{path}: cannot write ({reason}); complete shards and any earlier dataset are kept, "
+                           "free space and rerun to resume")
 
 
 def _write_json(path: str, data: dict) -> None:

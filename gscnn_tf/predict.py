@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 OUTPUT_SUFFIXES = ("_seg.png", "_overlay.png", "_edges.png", "_labelIds.png")
+DEFAULT_MAX_FILE_BYTES = 64 * 2**20  # an image file larger than this is refused unread
 
 
 class ImageReadError(ValueError):
@@ -76,13 +78,51 @@ def load_predictor(path: str, config_path: Optional[str] = None, version: Option
     return predictor
 
 
-def read_image(path: str) -> np.ndarray:
-    """File -> (H, W, 3) uint8 RGB (grayscale and RGBA converted), TensorFlow's decoders."""
+def read_file_limited(path: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """The bytes of a *regular* file of at most ``max_bytes`` (0 = no limit).
+
+    Opened non-blocking and checked on the open descriptor (no race with a rename): a FIFO,
+    a device (a ``*.png`` symlink to ``/dev/zero``), a socket or a directory is refused
+    instead of hanging or being read without end; reading stops at the limit even if the
+    file grows meanwhile.
+    """
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise ImageReadError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode)
+                    or stat.S_ISBLK(info.st_mode) else "a directory" if stat.S_ISDIR(info.st_mode) else "a socket"
+                    if stat.S_ISSOCK(info.st_mode) else "not a regular file")
+            raise ImageReadError(f"{path}: not a regular file ({kind}); only image files are read")
+        if max_bytes and info.st_size > max_bytes:
+            raise ImageReadError(f"{path}: {info.st_size} bytes, more than the limit of {max_bytes} "
+                                 "(raise it with --max-file-size)")
+        chunks, size = [], 0
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if max_bytes and size > max_bytes:
+                raise ImageReadError(f"{path}: more than the limit of {max_bytes} bytes (raise it with "
+                                     "--max-file-size)")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    finally:
+        os.close(fd)
+
+
+def read_image(path: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> np.ndarray:
+    """File -> (H, W, 3) uint8 RGB (grayscale and RGBA converted), TensorFlow's decoders.
+
+    Only regular files of at most ``max_bytes`` are read (:func:`read_file_limited`).
+    """
+    data = read_file_limited(path, max_bytes)
     if not data:
         raise ImageReadError(f"{path}: empty file")
     try:
@@ -98,6 +138,9 @@ def find_images(inputs: Iterable[str], recursive: bool = False) -> list:
     A file given explicitly is used whatever its extension; folders contribute files with
     an image extension. Two inputs with the same name stem (``a.png``, ``a.jpg``) keep
     their extension in the output name (``a_png``, ``a_jpg``) instead of overwriting.
+    Inputs whose output names would still be equal (``x/a.png`` and ``y/a.png`` given as
+    files, or two folders holding ``a.png``) get ``_2``, ``_3``, ... in input order, so no
+    output is ever written twice in one run; each renaming is logged.
     """
     items = []
     for entry in inputs:
@@ -118,15 +161,25 @@ def find_images(inputs: Iterable[str], recursive: bool = False) -> list:
             items.append((entry, os.path.basename(entry)))
         else:
             raise FileNotFoundError(f"{entry}: no such file or directory")
-    stems = {}
+    exts = {}
     for _, rel in items:
-        stems.setdefault(os.path.splitext(rel)[0], []).append(rel)
+        stem, ext = os.path.splitext(rel)
+        exts.setdefault(stem, set()).add(ext.lower())
     out = []
+    taken = set()
     for path, rel in items:
         stem, ext = os.path.splitext(rel)
-        if len(stems[stem]) > 1:
+        if len(exts[stem]) > 1:
             stem = stem + "_" + ext.lstrip(".").lower()
-        out.append((path, stem))
+        # Compare case-insensitively: on macOS / Windows file systems A.png and a.png collide.
+        name, k = stem, 1
+        while name.lower() in taken:
+            k += 1
+            name = f"{stem}_{k}"
+        if name != stem:
+            logger.warning("%s: another input has the output name %s; writing %s_* instead", path, stem, name)
+        taken.add(name.lower())
+        out.append((path, name))
     return out
 
 
@@ -159,16 +212,18 @@ class PredictionSummary:
 
 
 def predict_files(predictor: Predictor, items: list, output_dir: str, alpha: float = 0.5,
-                  label_ids: bool = False, fail_fast: bool = False, progress: bool = True) -> PredictionSummary:
-    """Runs ``predictor`` on ``items`` from :func:`find_images`; unreadable files are skipped
-    with a warning (or raise with ``fail_fast``)."""
+                  label_ids: bool = False, fail_fast: bool = False, progress: bool = True,
+                  max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> PredictionSummary:
+    """Runs ``predictor`` on ``items`` from :func:`find_images`; unreadable files (not regular
+    files, larger than ``max_bytes``, not images) are skipped with a warning (or raise with
+    ``fail_fast``)."""
     from tqdm import tqdm
 
     summary = PredictionSummary()
     bar = tqdm(items, desc="predict", unit="img", disable=not progress)
     for path, name in bar:
         try:
-            image = read_image(path)
+            image = read_image(path, max_bytes)
         except ImageReadError as exc:
             if fail_fast:
                 raise

@@ -68,10 +68,30 @@ def post_json(url: str, body: dict, timeout: float = 60.0) -> dict:
 
 
 def parse_response(response: dict) -> tuple:
-    """First prediction -> (classes (H, W) int, edge (H, W) float32 or None), cropped to its size."""
+    """First prediction -> (classes (H, W) int, edge (H, W) float32 or None), cropped to its size.
+
+    Anything that is not a well-formed prediction (wrong types, ragged or non-numeric arrays,
+    sizes that do not fit) raises :class:`ClientError` with a one-line description.
+    """
+    try:
+        return _parse_response(response)
+    except ClientError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+        raise ClientError(f"malformed server response ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") \
+            from None
+
+
+def _parse_response(response) -> tuple:
+    if not isinstance(response, dict):
+        raise ClientError(f"malformed server response: a JSON {type(response).__name__}, expected an object")
     if "error" in response:
         raise ClientError(f"server error: {response['error']}")
     predictions = response.get("predictions")
+    if not isinstance(predictions, (list, dict)):
+        raise ClientError(f"malformed server response: 'predictions' is {type(predictions).__name__}, expected a list")
+    if isinstance(predictions, dict):  # TF Serving's columnar format for single-output models
+        predictions = [predictions]
     if not predictions:
         raise ClientError(f"response has no predictions (keys: {sorted(response)})")
     first = predictions[0]
@@ -82,6 +102,10 @@ def parse_response(response: dict) -> tuple:
     if classes.ndim != 2:
         raise ClientError(f"'classes' has shape {classes.shape}, expected (H, W)")
     h, w = int(first.get("height", classes.shape[0])), int(first.get("width", classes.shape[1]))
+    if not (0 < h <= classes.shape[0] and 0 < w <= classes.shape[1]):
+        raise ClientError(f"malformed server response: height x width {h}x{w} does not fit 'classes' {classes.shape}")
+    if edge is not None and edge.shape != classes.shape:
+        raise ClientError(f"malformed server response: 'edge' {edge.shape} differs from 'classes' {classes.shape}")
     classes = classes[:h, :w]
     if edge is not None:
         edge = edge[:h, :w]

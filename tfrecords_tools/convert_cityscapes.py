@@ -23,7 +23,13 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="parallel writer processes (one shard each at a time); 1 = in this process")
     p.add_argument("--force", action="store_true",
                    help="rewrite every shard (default: keep shards whose sidecar checksum and inputs match)")
+    _logging_flags(p)
+
+
+def _logging_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="only warnings and errors, no progress bar")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="logging verbosity (DEBUG also shows TensorFlow's start-up lines)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,13 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "label values of every split (or --splits) in --out.")
     v.add_argument("--out", required=True, help="directory holding the shards and *_manifest.json")
     v.add_argument("--splits", nargs="+", default=None, help="splits to verify (default: every manifest found)")
-    v.add_argument("--quiet", action="store_true", help="only warnings and errors, no progress bar")
+    _logging_flags(v)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args)
+    # Worker processes import TensorFlow themselves (quietly); the parent only when it writes.
+    configure_logging(args, tensorflow=args.command == "verify" or args.workers <= 1)
     from gscnn_tf.data.cityscapes import ConversionError
     from gscnn_tf.data import convert
 
@@ -103,7 +110,8 @@ def main(argv=None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:
-        print(f"{PROG}: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"{PROG}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; complete shards were kept, rerun the same command to resume",

@@ -28,12 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=512, help="image width in pixels (>= 32)")
     p.add_argument("--seed", type=int, default=0, help="random seed; each image depends only on (seed, split, index)")
     p.add_argument("--quiet", action="store_true", help="only warnings and errors, no progress bar")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="logging verbosity")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args)
+    configure_logging(args, tensorflow=False)  # no TensorFlow here
     from gscnn_tf.data.synthetic import generate_synthetic_cityscapes
 
     try:

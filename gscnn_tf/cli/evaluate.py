@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from gscnn_tf.cli.common import add_common_flags, configure_logging, fail, progress_enabled
+from gscnn_tf.cli.common import add_common_flags, configure_logging, fail, import_tensorflow_quietly, progress_enabled
 
 logger = logging.getLogger("gscnn_tf.evaluate")
 
@@ -74,7 +74,7 @@ def _default_out(checkpoint: str, split: str) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args)
+    configure_logging(args, tensorflow=False)  # TensorFlow after the fast checks below
     if args.max_images is not None and args.max_images <= 0:
         return fail(f"--max-images must be positive, got {args.max_images}")
     if args.boundary_workers <= 0:
@@ -89,6 +89,7 @@ def main(argv=None) -> int:
     if args.config and not os.path.isfile(args.config):
         return fail(f"{args.config}: config file not found")
 
+    import_tensorflow_quietly(verbose=args.log_level == "DEBUG" and not args.quiet)
     from gscnn_tf.checkpoints import CheckpointError, find_run_config, load_inference_model, resolve_checkpoint
     from gscnn_tf.config import ConfigError, load_config
 

@@ -15,6 +15,12 @@ from gscnn_tf.cli.common import configure_logging
 
 logger = logging.getLogger("gscnn_tf.export")
 
+# Kept here (not imported from the export module) so that --help does not load TensorFlow;
+# tests/test_faults_io.py checks they equal gscnn_tf.export.saved_model's.
+DEFAULT_MAX_PIXELS = 2048 * 2048
+DEFAULT_MAX_REQUEST_PIXELS = 8 * 1024 * 2048
+DEFAULT_CHUNK_PIXELS = 1024 * 2048
+
 
 def _size(text: str) -> tuple:
     try:
@@ -50,10 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pad-mode", choices=("edge", "mean"), default="edge",
                    help="how images are padded to a multiple of the model stride before the network: 'edge' "
                    "repeats the border pixels, 'mean' pads with the normalisation mean colour (default: edge)")
-    p.add_argument("--max-pixels", type=int, default=0,
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="reject (INVALID_ARGUMENT) images with more than this many pixels, protecting the server's "
-                   "memory, e.g. 16777216 for 4096x4096; PNG, JPEG, GIF and BMP sizes are read from the header before "
-                   "decoding; 0 = no limit (default)")
+                   "memory; PNG, JPEG, GIF and BMP sizes are read from the header before decoding; 0 = no limit "
+                   f"(default {DEFAULT_MAX_PIXELS} = 2048x2048, twice a Cityscapes frame; memory per megapixel is "
+                   "measured in docs/SERVING.md)")
+    p.add_argument("--max-request-pixels", type=int, default=DEFAULT_MAX_REQUEST_PIXELS,
+                   help="reject requests whose images hold more than this many pixels in total (a request holds all "
+                   f"its decoded images and outputs at once); 0 = no limit (default {DEFAULT_MAX_REQUEST_PIXELS} = "
+                   "8 Cityscapes frames)")
+    p.add_argument("--chunk-pixels", type=int, default=DEFAULT_CHUNK_PIXELS,
+                   help="the network runs on at most this many pixels per call (or one image if larger), one call "
+                   "after the other, so a batch costs the memory of its largest chunk, not of all its images; "
+                   f"0 = the whole batch at once (default {DEFAULT_CHUNK_PIXELS} = one Cityscapes frame)")
     p.add_argument("--model-name", default="gscnn",
                    help="model name written into the warmup requests and labels.json (TF Serving --model_name)")
     p.add_argument("--warmup-images", nargs="+", default=None, metavar="IMAGE",
@@ -65,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true",
                    help="skip reloading the written SavedModel and comparing it with the in-memory model")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-                   help="logging verbosity (default INFO)")
+                   help="logging verbosity (default INFO; DEBUG also shows TensorFlow's start-up lines)")
     return p
 
 
@@ -77,6 +92,9 @@ def main(argv=None) -> int:
     from gscnn_tf.export.saved_model import ExportError, export_saved_model
 
     try:
+        for flag in ("max_pixels", "max_request_pixels", "chunk_pixels"):
+            if getattr(args, flag) < 0:
+                raise ExportError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be >= 0 (0 = no limit)")
         config = load_config(args.config, args.overrides) if (args.config or args.overrides) else None
         if args.version is not None and args.version < 1:
             raise ExportError(f"--version {args.version}: TF Serving needs a positive integer")
@@ -90,6 +108,8 @@ def main(argv=None) -> int:
             with_probabilities=args.with_probabilities,
             pad_mode=args.pad_mode,
             max_pixels=args.max_pixels,
+            max_request_pixels=args.max_request_pixels,
+            chunk_pixels=args.chunk_pixels,
             warmup=not args.no_warmup,
             warmup_images=args.warmup_images,
             warmup_size=args.warmup_size,

@@ -1,7 +1,9 @@
 """``predict.py``: segment image files or folders with a SavedModel export or a checkpoint.
 
 Per image ``<name>``: ``<name>_seg.png`` (Cityscapes colours), ``<name>_overlay.png``,
-``<name>_edges.png`` and with ``--label-ids`` ``<name>_labelIds.png``.
+``<name>_edges.png`` and with ``--label-ids`` ``<name>_labelIds.png``. Two inputs never
+share outputs: names that would collide get ``_2``, ``_3``, ... (logged). Only regular
+files up to ``--max-file-size`` are read (a FIFO or a device is reported, not read).
 
 Exit status: 0 when every image was segmented; 1 when some files could not be read (each
 is reported by name as a warning, the others are still processed; ``--fail-fast`` stops
@@ -38,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, nargs="+", metavar="IMG_OR_DIR",
                    help="image files and/or folders of images (.png .jpg .jpeg .bmp .gif .webp)")
     p.add_argument("--output", default="predictions",
-                   help="output folder (created; default ./predictions); folder inputs keep their sub-folders")
+                   help="output folder (created; default ./predictions); folder inputs keep their sub-folders; inputs "
+                   "whose outputs would share a name get _2, _3, ... (logged), nothing is overwritten within a run")
     p.add_argument("--overlay-alpha", type=_alpha, default=0.5,
                    help="weight of the colour mask in <name>_overlay.png, 0 = photo only, 1 = mask only "
                    "(default 0.5)")
@@ -51,9 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SavedModel version to use from an export directory (default: the highest)")
     p.add_argument("--fail-fast", action="store_true",
                    help="stop at the first unreadable image (default: skip it, report it, exit 1 at the end)")
+    p.add_argument("--max-file-size", type=int, default=64 * 2**20, metavar="BYTES",
+                   help="skip (and report) input files larger than this; only regular files are read, so a FIFO or "
+                   "a device never hangs the run (default 67108864 = 64 MiB; 0 = no limit)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, warnings and errors only")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-                   help="logging verbosity (default INFO)")
+                   help="logging verbosity (default INFO; DEBUG also shows TensorFlow's start-up lines)")
     return p
 
 
@@ -70,7 +76,8 @@ def main(argv=None) -> int:
             raise FileNotFoundError(f"{', '.join(args.input)}: no images found")
         predictor = load_predictor(args.model, config_path=args.config, version=args.version)
         summary = predict_files(predictor, items, args.output, alpha=args.overlay_alpha, label_ids=args.label_ids,
-                                fail_fast=args.fail_fast, progress=not args.quiet and sys.stderr.isatty())
+                                fail_fast=args.fail_fast, progress=not args.quiet and sys.stderr.isatty(),
+                                max_bytes=args.max_file_size)
     except ImageReadError as exc:
         print(f"predict: error: {exc}", file=sys.stderr)
         return 1

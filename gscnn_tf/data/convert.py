@@ -15,6 +15,14 @@ Safety: every shard is written under a temporary name and renamed when complete
 last. A failure or interrupt leaves only complete shards; a rerun skips every shard
 whose sidecar fingerprint (inputs + mapping + shard plan) and sha256 still match.
 :func:`verify` re-reads everything and names the first broken shard.
+
+Re-converting a split that already has a manifest never touches the published split
+until the new one is complete: new shards are written into ``.{split}.staging/`` and
+swapped in at the end (:func:`_publish_staged`). The swap is rolled forward by the next
+run if it is interrupted (the staged manifest marks a complete staging directory), and a
+failed re-conversion leaves the old shards and manifest as they were (the complete staged
+shards are reused by the rerun). One converter at a time per ``out_dir``
+(:func:`output_lock`); worker processes die with their parent (:func:`_worker_init`).
 """
 from __future__ import annotations
 
@@ -29,8 +37,13 @@ import math
 import multiprocessing
 import os
 import random
+import shutil
+import signal
+import socket
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -48,10 +61,13 @@ from gscnn_tf.data.cityscapes import (
     validate_samples,
 )
 from gscnn_tf.utils.atomic import atomic_path, atomic_write_text
+from gscnn_tf.utils.permissions import follow_umask
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+LOCK_NAME = ".gscnn-convert.lock"
+STAGING_SUFFIX = ".staging"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
@@ -79,6 +95,11 @@ def sidecar_path(shard_path: str) -> str:
 
 def manifest_path(out_dir: str, split: str) -> str:
     return os.path.join(out_dir, f"{split}_manifest.json")
+
+
+def staging_dir(out_dir: str, split: str) -> str:
+    """Where a re-conversion writes its shards until the new split is complete."""
+    return os.path.join(out_dir, f".{split}{STAGING_SUFFIX}")
 
 
 def sha256_file(path: str) -> str:
@@ -205,10 +226,7 @@ def discover_folder(images_dir: str, labels_dir: Optional[str], label_suffix: st
 # --------------------------------------------------------------------------- records
 def _make_readable(path: str) -> None:
     """Temporary files are created 0600; published artefacts get the usual umask mode."""
-    umask = os.umask(0)
-    os.umask(umask)
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o666 & ~umask)
+    follow_umask(path)
 
 
 def _image_format(ref: FileRef) -> str:
@@ -256,17 +274,65 @@ def write_shard(path: str, samples: Sequence[Sample], lut: np.ndarray, known: np
     """Writes one shard atomically; returns ``{"file", "num_examples", "sha256", "bytes"}``."""
     import tensorflow as tf
 
-    with atomic_path(path, suffix=".tfrecord") as tmp:
-        with tf.io.TFRecordWriter(tmp) as writer:
-            for i, s in enumerate(samples):
-                # deterministic=True sorts the feature map: byte-identical shards in any process
-                writer.write(encode_sample(s, lut, known).SerializeToString(deterministic=True))
-                if on_record is not None:
-                    on_record(i)
-        digest = sha256_file(tmp)
-        size = os.path.getsize(tmp)
-        _make_readable(tmp)
+    try:
+        with atomic_path(path, suffix=".tfrecord") as tmp:
+            with tf.io.TFRecordWriter(tmp) as writer:
+                for i, s in enumerate(samples):
+                    # deterministic=True sorts the feature map: byte-identical shards in any process
+                    writer.write(encode_sample(s, lut, known).SerializeToString(deterministic=True))
+                    if on_record is not None:
+                        on_record(i)
+            digest = sha256_file(tmp)
+            size = os.path.getsize(tmp)
+            _make_readable(tmp)
+    except (OSError, tf.errors.OpError) as e:  # input errors are ConversionErrors already
+        raise _write_error(path, e) from None
     return {"file": os.path.basename(path), "num_examples": len(samples), "sha256": digest, "bytes": size}
+
+
+def _write_error(path: str, error: BaseException) -> ConversionError:
+    """One-line error naming the output file (disk full, quota, I/O error)."""
+    reason = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
+    reason = reason.splitlines()[0] if reason else type(error).__name__
+    if reason.startswith(path):  # TensorFlow's messages start with the file name
+        reason = reason[len(path):].lstrip(" ;:")
+    return ConversionError(f"{path}: cannot write ({reason}); complete shards and any earlier dataset are kept, "
+                           "free space and rerun to resume")
+
+
+def _write_json(path: str, data: dict) -> None:
+    try:
+        atomic_write_text(path, json.dumps(data, indent=1))
+    except OSError as e:
+        raise _write_error(path, e) from None
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Process-pool initializer: the worker dies with the process that started it.
+
+    Linux delivers SIGKILL to the worker when its parent dies (``PR_SET_PDEATHSIG``, so
+    even a SIGKILLed converter leaves no orphan writing into ``out_dir``); elsewhere, and
+    as a fallback, a thread checks every second that the parent is still there.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent died before the line above ran
+        os._exit(1)
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+    from gscnn_tf.cli.common import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
 
 
 def _worker_write_shard(args) -> dict:
@@ -324,10 +390,93 @@ def _cleanup_split(out_dir: str, split: str, keep: set) -> None:
 
 def make_executor(workers: int) -> cf.ProcessPoolExecutor:
     """Process pool for shard writing: 'fork' while TensorFlow is not loaded here (fast start),
-    'spawn' once it is (forking an initialised TF runtime is unsafe)."""
+    'spawn' once it is (forking an initialised TF runtime is unsafe). Workers die with this
+    process (:func:`_worker_init`)."""
     method = "fork" if "tensorflow" not in sys.modules and "fork" in multiprocessing.get_all_start_methods() \
         else "spawn"
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
+                                  initializer=_worker_init, initargs=(os.getpid(),))
+
+
+_HELD_LOCKS: dict = {}  # realpath of out_dir -> [fd, depth]: the lock is re-entrant within a process
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: str):
+    """Exclusive ``flock`` on ``out_dir/.gscnn-convert.lock`` for the whole conversion.
+
+    A second converter on the same ``out_dir`` fails at once with a message naming the
+    holder (pid, host, start time). The kernel drops the lock when the holder dies, so a
+    killed run never blocks the next one.
+    """
+    import fcntl
+
+    key = os.path.realpath(out_dir)
+    held = _HELD_LOCKS.get(key)
+    if held is not None:
+        held[1] += 1
+        try:
+            yield
+        finally:
+            held[1] -= 1
+        return
+    path = os.path.join(out_dir, LOCK_NAME)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise ConversionError(f"{path}: cannot create the lock file ({e.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
+        raise ConversionError(f"{out_dir}: another conversion is writing here ({holder}); wait for it to finish, "
+                              f"stop it, or use another --out") from None
+    os.ftruncate(fd, 0)
+    started = _dt.datetime.now().isoformat(timespec="seconds")
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode())
+    _HELD_LOCKS[key] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _HELD_LOCKS[key]
+        os.close(fd)  # releases the lock; the file stays (removing it would race with a waiting run)
+
+
+def _move_shard(src_dir: str, dst_dir: str, name: str) -> None:
+    """Moves a shard and its sidecar (shard first: a sidecar never describes a missing shard)."""
+    for n in (name, os.path.basename(sidecar_path(os.path.join(src_dir, name)))):
+        if os.path.exists(os.path.join(src_dir, n)):
+            os.replace(os.path.join(src_dir, n), os.path.join(dst_dir, n))
+
+
+def _publish_staged(out_dir: str, split: str) -> bool:
+    """Swaps a complete staged split in (idempotent: an interrupted swap is finished by rerunning it).
+
+    The staged manifest (written last into the staging directory) marks it complete. Order:
+    old manifest removed (the split is "being replaced" for readers), staged shards moved in
+    over same-named old ones, old shards the new plan does not list removed, new manifest
+    moved in, staging directory removed. Returns False when nothing complete was staged.
+    """
+    stage = staging_dir(out_dir, split)
+    staged_manifest = manifest_path(stage, split)
+    manifest = _load_json(staged_manifest)
+    if manifest is None:
+        return False
+    keep = {s["file"] for s in manifest.get("shards", [])}
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(manifest_path(out_dir, split))
+    for name in sorted(os.listdir(stage)):
+        if name in keep:
+            _move_shard(stage, out_dir, name)
+    for shard in glob.glob(os.path.join(out_dir, f"{split}_fine-*-of-*.tfrecord")):
+        if os.path.basename(shard) not in keep:
+            for p in (shard, sidecar_path(shard)):
+                with contextlib.suppress(OSError):
+                    os.remove(p)
+    os.replace(staged_manifest, manifest_path(out_dir, split))
+    shutil.rmtree(stage, ignore_errors=True)
+    return True
 
 
 def default_num_shards(num_examples: int) -> int:
@@ -357,12 +506,20 @@ def convert_samples(
     test hook called as ``(shard_index, record_index)`` after each record (in-process only).
     Returns the manifest dict.
     """
-    from tqdm import tqdm
-
     samples = list(samples)
     if not samples:
         raise ConversionError(f"split {split!r}: no samples (empty split)")
     _check_out_dir(out_dir)
+    with output_lock(out_dir):
+        return _convert_split(samples, out_dir, split, mapping, num_shards, workers, source, shuffle_seed,
+                              progress, force, executor, _on_record)
+
+
+def _convert_split(samples, out_dir, split, mapping, num_shards, workers, source, shuffle_seed, progress, force,
+                   executor, _on_record) -> dict:
+    """:func:`convert_samples` once ``out_dir`` is locked."""
+    from tqdm import tqdm
+
     log.info("%s: checking %d samples (PNG headers, pairing, sizes)", split, len(samples))
     validate_samples(samples)
     if shuffle_seed is not None:
@@ -379,21 +536,41 @@ def convert_samples(
         chunk = samples[i * n // num_shards:(i + 1) * n // num_shards]
         path = os.path.join(out_dir, shard_name(split, i, num_shards))
         plan.append((i, path, chunk, _fingerprint(split, i, num_shards, chunk, mapping)))
-    _cleanup_split(out_dir, split, {os.path.basename(p) for _, p, _, _ in plan})
-    old_manifest = manifest_path(out_dir, split)
-    if os.path.exists(old_manifest):
-        os.remove(old_manifest)  # rewritten when every shard is done
+    stage = staging_dir(out_dir, split)
+    if _publish_staged(out_dir, split):
+        log.warning("%s: finished replacing the split that an interrupted conversion had staged", split)
+    # A published split (it has a manifest) stays untouched until the new one is complete:
+    # new shards go to the staging directory. Without one there is nothing good to protect
+    # and shards are written in place (and resumed in place).
+    replacing = os.path.exists(manifest_path(out_dir, split))
+    if replacing:
+        os.makedirs(stage, exist_ok=True)
+        _cleanup_split(stage, split, {os.path.basename(p) for _, p, _, _ in plan})
+        for tmp in glob.glob(os.path.join(out_dir, f".{split}_fine-*.tmp*")):
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+    else:
+        shutil.rmtree(stage, ignore_errors=True)
+        _cleanup_split(out_dir, split, {os.path.basename(p) for _, p, _, _ in plan})
+    write_dir = stage if replacing else out_dir
+
+    def complete(path, fp):
+        side = _load_json(sidecar_path(path))
+        if (not force and side and side.get("fingerprint") == fp and os.path.isfile(path)
+                and side.get("sha256") == sha256_file(path)):
+            return {k: side[k] for k in ("file", "num_examples", "sha256", "bytes")}
+        return None
 
     results: dict = {}
     todo = []
     for i, path, chunk, fp in plan:
-        side = _load_json(sidecar_path(path))
-        if (not force and side and side.get("fingerprint") == fp and os.path.isfile(path)
-                and side.get("sha256") == sha256_file(path)):
-            results[i] = {k: side[k] for k in ("file", "num_examples", "sha256", "bytes")}
-            log.info("%s: shard %s is complete, skipping", split, os.path.basename(path))
+        name = os.path.basename(path)
+        found = complete(path, fp) or (complete(os.path.join(stage, name), fp) if replacing else None)
+        if found is not None:
+            results[i] = found
+            log.info("%s: shard %s is complete, skipping", split, name)
         else:
-            todo.append((i, path, chunk, fp))
+            todo.append((i, os.path.join(write_dir, name), chunk, fp))
     done_examples = sum(r["num_examples"] for r in results.values())
     log.info("%s: writing %d of %d shards (%d samples) to %s with %d worker(s)",
              split, len(todo), num_shards, sum(len(t[2]) for t in todo), out_dir, workers)
@@ -401,8 +578,13 @@ def convert_samples(
     bar = tqdm(total=n, initial=done_examples, desc=f"{split}", unit="img", disable=not progress)
 
     def finish(i, path, fp, info):
+        try:
+            _write_json(sidecar_path(path), {**info, "fingerprint": fp})
+        except ConversionError:
+            with contextlib.suppress(OSError):  # a shard without its sidecar would be rewritten anyway
+                os.remove(path)
+            raise
         results[i] = info
-        atomic_write_text(sidecar_path(path), json.dumps({**info, "fingerprint": fp}, indent=1))
 
     try:
         if workers <= 1 or len(todo) <= 1:
@@ -432,7 +614,7 @@ def convert_samples(
                     raise
     finally:
         bar.close()
-        for tmp in glob.glob(os.path.join(out_dir, f".{split}_fine-*.tmp*")):
+        for tmp in glob.glob(os.path.join(write_dir, f".{split}_fine-*.tmp*")):
             with contextlib.suppress(OSError):
                 os.remove(tmp)
 
@@ -450,8 +632,13 @@ def convert_samples(
         "train_ids": mapping.train_ids,
         "shards": [results[i] for i in range(num_shards)],
     }
-    atomic_write_text(manifest_path(out_dir, split), json.dumps(manifest, indent=1))
-    _make_readable(manifest_path(out_dir, split))
+    _write_json(manifest_path(write_dir, split), manifest)
+    _make_readable(manifest_path(write_dir, split))
+    if replacing:
+        try:
+            _publish_staged(out_dir, split)
+        except OSError as e:
+            raise _write_error(e.filename or out_dir, e) from None
     log.info("%s: %d images in %d shards, manifest %s", split, n, num_shards, manifest_path(out_dir, split))
     return manifest
 
@@ -476,7 +663,8 @@ def convert_cityscapes(
     mapping = cityscapes_mapping()
     found = {split: discover_cityscapes(root, split) for split in splits}  # fail before writing anything
     out = {}
-    with contextlib.ExitStack() as stack:
+    _check_out_dir(out_dir)
+    with output_lock(out_dir), contextlib.ExitStack() as stack:
         executor = stack.enter_context(make_executor(workers)) if workers > 1 else None
         for split, samples in found.items():
             shards = num_shards.get(split) if isinstance(num_shards, dict) else num_shards

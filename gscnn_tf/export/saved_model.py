@@ -24,9 +24,22 @@ then (B, max H, max W): pixels outside an image's own ``height`` x ``width`` hol
 ``classes`` = 255 (:data:`CLASSES_FILL`) and ``edge``/``probabilities`` = 0; clients crop
 with the ``height`` / ``width`` outputs. A batch of one comes back at exactly its size.
 
+**Memory.** The network runs on at most ``chunk_pixels`` pixels at a time (or one image
+when an image is larger): a batch of equal-sized images runs in chunks, a mixed-size batch
+one image at a time, one after the other, so the network's memory follows the largest
+image, not the request. What a request still holds at once is its decoded images (3
+bytes per pixel) and outputs (5, plus 4 per class with probabilities). Limits, refused
+with ``InvalidArgumentError`` naming the element: ``max_pixels`` per image (read from the
+header for PNG, JPEG, GIF and BMP, so a decompression bomb is refused before decoding) and
+``max_request_pixels`` per request. :func:`export_saved_model` sets both by default
+(:data:`DEFAULT_MAX_PIXELS`, :data:`DEFAULT_MAX_REQUEST_PIXELS`; figures in docs/SERVING.md).
+
 **Errors.** Bytes that are not an image raise ``InvalidArgumentError`` naming the element
-(``image_bytes[i] is not a PNG, JPEG, GIF, BMP or WebP image ...``); truncated images raise
-the decoder's ``InvalidArgumentError``. Requests are independent, so the next one works.
+(``image_bytes[i] is not a PNG, JPEG, GIF, BMP or WebP image ...``); a PNG without its IEND
+chunk or a JPEG without an end-of-image marker (a truncated upload) is refused naming the
+element; other corrupt data raises the decoder's ``InvalidArgumentError``. An empty
+``serving_image_tensor`` batch is an ``InvalidArgumentError``. Requests are independent,
+so the next one works.
 
 Assets: ``assets/labels.json`` (class names, colours, ignore/fill values, normalisation,
 signatures) and ``assets/config.yaml`` (the ExperimentConfig used), and TF Serving warmup
@@ -34,11 +47,13 @@ requests in ``assets.extra/tf_serving_warmup_requests`` (see :mod:`gscnn_tf.expo
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from typing import Optional, Sequence
 
@@ -48,6 +63,7 @@ import tensorflow as tf
 from gscnn_tf import labels as label_tables
 from gscnn_tf.config import ExperimentConfig, config_to_dict, save_config
 from gscnn_tf.utils.atomic import atomic_directory
+from gscnn_tf.utils.permissions import follow_umask_tree
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +75,11 @@ CLASSES_FILL = 255  # `classes` value outside an image's own area in a mixed-siz
 LABELS_ASSET = "labels.json"
 CONFIG_ASSET = "config.yaml"
 PAD_MODES = ("edge", "mean")
+# Default serving limits (see docs/SERVING.md for the measured memory they bound).
+DEFAULT_MAX_PIXELS = 2048 * 2048  # per image: 2x a Cityscapes frame (1024x2048)
+DEFAULT_MAX_REQUEST_PIXELS = 8 * 1024 * 2048  # per request: 8 Cityscapes frames
+DEFAULT_CHUNK_PIXELS = 1024 * 2048  # the network sees at most this many pixels per call (or one image)
+EXPORT_TEMP_RE = re.compile(r"^\.(\d+\.[A-Za-z0-9_]+\.tmp(\.old)?|gscnn_export_assets\.[A-Za-z0-9_]+\.tmp)$")
 
 
 class ExportError(RuntimeError):
@@ -112,6 +133,8 @@ class GSCNNServingModule(tf.Module):
         with_probabilities: bool = False,
         pad_mode: str = "edge",
         max_pixels: int = 0,
+        max_request_pixels: int = 0,
+        chunk_pixels: int = DEFAULT_CHUNK_PIXELS,
         name: str = "gscnn_serving",
     ):
         super().__init__(name=name)
@@ -130,6 +153,8 @@ class GSCNNServingModule(tf.Module):
         self.pad_multiple = int(pad_multiple)
         self.pad_mode = pad_mode
         self.max_pixels = int(max_pixels)  # 0: no limit
+        self.max_request_pixels = int(max_request_pixels)  # 0: no limit
+        self.chunk_pixels = int(chunk_pixels)  # 0: the whole batch in one call
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
         # The network is traced once, as its own function, and called from every signature
@@ -183,6 +208,72 @@ class GSCNNServingModule(tf.Module):
         if self.with_probabilities:
             result["probabilities"] = tf.nn.softmax(logits, axis=-1)
         return result
+
+    def _run_chunked(self, images: tf.Tensor) -> dict:
+        """Like :meth:`_run` on a non-empty batch, but the network sees at most ``chunk_pixels``
+        (padded) pixels per call, one call after the other: memory follows the chunk, not the batch."""
+        if self.chunk_pixels <= 0:
+            return self._run(images)
+        shape = tf.shape(images, out_type=tf.int64)
+        n, h, w = shape[0], shape[1], shape[2]
+        m = self.pad_multiple
+        padded = ((h + m - 1) // m * m) * ((w + m - 1) // m * m)
+        per_call = tf.clip_by_value(self.chunk_pixels // tf.maximum(padded, 1), 1, tf.maximum(n, 1))
+        chunks = (n + per_call - 1) // per_call
+        keys = self._output_keys()
+
+        def body(c, *arrays):
+            start = c * per_call
+            out = self._run(images[start:tf.minimum(start + per_call, n)])
+            return (c + 1, *[array.write(tf.cast(c, tf.int32), out[key]) for key, array in zip(keys, arrays)])
+
+        arrays = [tf.TensorArray(self._output_dtype(key), size=tf.cast(chunks, tf.int32), infer_shape=False,
+                                 element_shape=[None, None, None] + ([self.num_classes] if key == "probabilities"
+                                                                    else []))
+                  for key in keys]
+        # parallel_iterations=1: chunks run one after the other (the point of chunking).
+        _, *arrays = tf.while_loop(lambda c, *_: c < chunks, body, [tf.constant(0, tf.int64), *arrays],
+                                   parallel_iterations=1)
+        return {key: array.concat() for key, array in zip(keys, arrays)}  # (n, h, w[, K])
+
+    def _check_request(self, total, what: str, index=None) -> list:
+        """Control dependencies that reject a request above ``max_request_pixels`` in total."""
+        if self.max_request_pixels <= 0:
+            return []
+        where = [] if index is None else [index]
+        message = tf.strings.format(
+            what + ("[{}]" if where else "") + " brings this request to {} pixels, more than this export's limit "
+            "of {} pixels per request; send fewer or smaller images per request",
+            where + [total, tf.constant(self.max_request_pixels, tf.int64)],
+        )
+        return [tf.debugging.Assert(total <= self.max_request_pixels, [message])]
+
+    def _check_complete(self, data: tf.Tensor, index) -> list:
+        """A PNG must contain its IEND chunk and a JPEG an end-of-image marker (FF D9).
+
+        A truncated upload then fails naming the element instead of with the decoder's
+        anonymous message. Both always occur in a complete file, so nothing valid is refused.
+        """
+        head = _header_reader(data, 8)
+        is_png = tf.equal(head(0, 8), _PNG_SIGNATURE)
+        is_jpeg = tf.equal(head(0, 3), _JPEG_SOI)
+
+        def contains(marker: bytes):
+            raw = tf.io.decode_raw(data, tf.uint8)
+            k = len(marker)
+            size = tf.shape(raw)[0]
+            hits = tf.ones([tf.maximum(size - k + 1, 0)], tf.bool)
+            for j, byte in enumerate(marker):
+                hits = tf.logical_and(hits, tf.equal(raw[j:size - k + 1 + j], byte))
+            return tf.reduce_any(hits)
+
+        complete = tf.case([(is_png, lambda: contains(b"IEND")), (is_jpeg, lambda: contains(b"\xff\xd9"))],
+                           default=lambda: tf.constant(True), exclusive=True)
+        message = tf.where(is_png, *[
+            tf.strings.format(BYTES_INPUT + "[{}] is a truncated " + kind + ", {} bytes; send the complete file",
+                              [index, tf.strings.length(data)])
+            for kind in ("PNG (no IEND chunk)", "JPEG (no end-of-image marker)")])
+        return [tf.debugging.Assert(complete, [message])]
 
     def _check_size(self, height, width, what: str, index=None) -> list:
         """Control dependencies that reject images above ``max_pixels`` (protects the server's memory).
@@ -242,9 +333,15 @@ class GSCNNServingModule(tf.Module):
     def _serve_images(self, images):
         images = tf.ensure_shape(images, [None, None, None, 3])
         shape = tf.shape(images)
-        with tf.control_dependencies(self._check_size(shape[1], shape[2], TENSOR_INPUT)):
+        message = tf.strings.format(TENSOR_INPUT + " has shape {}: send at least one image of at least 1x1 pixels",
+                                    [shape])
+        checks = [tf.debugging.Assert(tf.reduce_all(shape[:3] > 0), [message])]
+        checks += self._check_size(shape[1], shape[2], TENSOR_INPUT)
+        total = tf.reduce_prod(tf.cast(shape[:3], tf.int64))
+        checks += self._check_request(total, TENSOR_INPUT)
+        with tf.control_dependencies(checks):
             images = tf.identity(images)
-        result = self._run(images)
+        result = self._run_chunked(images)
         shape = tf.shape(images)
         result["height"] = tf.fill([shape[0]], shape[1])
         result["width"] = tf.fill([shape[0]], shape[2])
@@ -284,24 +381,33 @@ class GSCNNServingModule(tf.Module):
         with tf.control_dependencies([checks]):
             n = tf.identity(n)
 
-        def decode(i, images, heights, widths):
+        def decode(i, total, images, heights, widths):
             data = image_bytes[i]
-            if self.max_pixels > 0:  # refuse what the header declares before decoding it
+            if self.max_pixels > 0 or self.max_request_pixels > 0:  # refuse what the header declares first
                 declared_h, declared_w = self._declared_size(data)
-                with tf.control_dependencies(self._check_size(declared_h, declared_w, BYTES_INPUT, i)):
+                checks = self._check_size(declared_h, declared_w, BYTES_INPUT, i)
+                declared = tf.maximum(declared_h, 0) * tf.maximum(declared_w, 0)
+                checks += self._check_request(total + declared, BYTES_INPUT, i)
+                with tf.control_dependencies(checks):
                     data = tf.identity(data)
+            with tf.control_dependencies(self._check_complete(data, i)):
+                data = tf.identity(data)
             img = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
             img = tf.ensure_shape(img, [None, None, 3])
             s = tf.shape(img)
-            with tf.control_dependencies(self._check_size(s[0], s[1], BYTES_INPUT, i)):
+            total = total + tf.cast(s[0], tf.int64) * tf.cast(s[1], tf.int64)
+            checks = self._check_size(s[0], s[1], BYTES_INPUT, i)
+            checks += self._check_request(total, BYTES_INPUT, i)
+            with tf.control_dependencies(checks):
                 img = tf.identity(img)
-            return i + 1, images.write(i, img), heights.write(i, s[0]), widths.write(i, s[1])
+            return i + 1, total, images.write(i, img), heights.write(i, s[0]), widths.write(i, s[1])
 
         images = tf.TensorArray(tf.uint8, size=n, infer_shape=False, element_shape=[None, None, 3])
         heights = tf.TensorArray(tf.int32, size=n)
         widths = tf.TensorArray(tf.int32, size=n)
-        _, images, heights, widths = tf.while_loop(
-            lambda i, *_: i < n, decode, [tf.constant(0), images, heights, widths]
+        _, _, images, heights, widths = tf.while_loop(
+            lambda i, *_: i < n, decode, [tf.constant(0), tf.constant(0, tf.int64), images, heights, widths],
+            parallel_iterations=1,
         )
         heights = tf.reshape(heights.stack(), [-1])
         widths = tf.reshape(widths.stack(), [-1])
@@ -314,7 +420,7 @@ class GSCNNServingModule(tf.Module):
 
         def batched():
             stacked = tf.reshape(images.stack(), [n, max_h, max_w, 3])
-            return self._run(stacked)
+            return self._run_chunked(stacked)
 
         def one_by_one():
             def body(i, *arrays):
@@ -331,7 +437,7 @@ class GSCNNServingModule(tf.Module):
                 return (i + 1, *written)
 
             arrays = [tf.TensorArray(self._output_dtype(key), size=n) for key in self._output_keys()]
-            _, *arrays = tf.while_loop(lambda i, *_: i < n, body, [tf.constant(0), *arrays])
+            _, *arrays = tf.while_loop(lambda i, *_: i < n, body, [tf.constant(0), *arrays], parallel_iterations=1)
             result = {}
             for key, array in zip(self._output_keys(), arrays):
                 shape = [n, max_h, max_w] + ([-1] if key == "probabilities" else [])
@@ -379,13 +485,16 @@ class GSCNNServingModule(tf.Module):
             "pad_multiple": self.pad_multiple,
             "pad_mode": self.pad_mode,
             "max_pixels": self.max_pixels,
+            "max_request_pixels": self.max_request_pixels,
+            "chunk_pixels": self.chunk_pixels,
             "classes_fill_value": CLASSES_FILL,
         }
 
 
 def build_serving_module(model, config: ExperimentConfig, with_probabilities: bool = False, pad_mode: str = "edge",
                          mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-                         max_pixels: int = 0):
+                         max_pixels: int = 0, max_request_pixels: int = 0,
+                         chunk_pixels: int = DEFAULT_CHUNK_PIXELS):
     """The serving module for ``model`` with the normalisation and stride of ``config``."""
     if mean is None or std is None:
         mean, std = normalization_for_config(config)
@@ -398,6 +507,8 @@ def build_serving_module(model, config: ExperimentConfig, with_probabilities: bo
         with_probabilities=with_probabilities,
         pad_mode=pad_mode,
         max_pixels=max_pixels,
+        max_request_pixels=max_request_pixels,
+        chunk_pixels=chunk_pixels,
     )
 
 
@@ -451,7 +562,9 @@ def export_saved_model(
     overwrite: bool = False,
     with_probabilities: bool = False,
     pad_mode: str = "edge",
-    max_pixels: int = 0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
+    chunk_pixels: int = DEFAULT_CHUNK_PIXELS,
     warmup: bool = True,
     warmup_images: Optional[Sequence] = None,
     warmup_size: tuple = (256, 512),
@@ -467,19 +580,85 @@ def export_saved_model(
     ``overwrite``. ``warmup_images``: encoded image bytes (or file paths) for the warmup
     requests; synthetic images of ``warmup_size`` (H, W) otherwise. ``verify`` reloads the
     written SavedModel (before it is published) and checks that it reproduces the
-    in-memory model's class map on the warmup images.
+    in-memory model's class map on the warmup images. ``max_pixels`` / ``max_request_pixels``
+    (0 = no limit) bound the pixels per image / per request the server accepts;
+    ``chunk_pixels`` bounds what the network sees per call. Non-finite weights are refused.
+    Temporary directories of killed exports into ``export_dir`` are removed first.
     """
+    from gscnn_tf.export import warmup as warmup_lib
+
+    if version is not None and int(version) < 1:
+        raise ExportError(f"version {version}: TF Serving needs a positive integer version")
+    check_finite_weights(model, source or "the model")
+    os.makedirs(export_dir, exist_ok=True)
+    with _export_lock(export_dir) as exclusive:
+        if exclusive:
+            remove_stale_export_temps(export_dir)
+        return _export_locked(model, config, export_dir, version, overwrite, with_probabilities, pad_mode, max_pixels,
+                              max_request_pixels, chunk_pixels, warmup, warmup_images, warmup_size, model_name,
+                              verify, source, mean, std)
+
+
+def check_finite_weights(model, source: str) -> None:
+    """Raises :class:`ExportError` naming ``source`` and the first weights holding NaN or Inf."""
+    # One variable at a time, in its own dtype (integer counters are always finite).
+    bad = [w for w in model.weights
+           if tf.as_dtype(w.dtype).is_floating and not bool(tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(w))))]
+    if bad:
+        names = ", ".join(w.path if hasattr(w, "path") else w.name for w in bad[:3])
+        raise ExportError(f"{source}: {len(bad)} of {len(model.weights)} weight tensors hold NaN or Inf ({names}"
+                          f"{', ...' if len(bad) > 3 else ''}); the training diverged: export an earlier checkpoint "
+                          "(e.g. the run's best weights) or retrain")
+
+
+@contextlib.contextmanager
+def _export_lock(export_dir: str):
+    """``flock`` on the ``export_dir`` directory itself (no lock file among the versions): yields
+    True when this export is the only one running (then leftovers of killed exports can be
+    removed safely), False when another export holds it (both go ahead; nothing is removed)."""
+    import fcntl
+
+    fd = os.open(export_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            exclusive = True
+        except OSError:
+            exclusive = False
+        yield exclusive
+    finally:
+        os.close(fd)
+
+
+def remove_stale_export_temps(export_dir: str) -> list:
+    """Removes the hidden temporary directories that killed exports left in ``export_dir``.
+
+    Only this tool's own names (``.<version>.<random>.tmp``, ``.<version>.<random>.tmp.old``,
+    ``.gscnn_export_assets.<random>.tmp``); call while holding the export lock. Returns them.
+    """
+    removed = []
+    for name in sorted(os.listdir(export_dir)):
+        path = os.path.join(export_dir, name)
+        if EXPORT_TEMP_RE.match(name) and os.path.isdir(path) and not os.path.islink(path):
+            logger.warning("removing %s (left by an interrupted export)", path)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _export_locked(model, config, export_dir, version, overwrite, with_probabilities, pad_mode, max_pixels,
+                   max_request_pixels, chunk_pixels, warmup, warmup_images, warmup_size, model_name, verify, source,
+                   mean, std) -> str:
     from gscnn_tf.export import warmup as warmup_lib
 
     if version is None:
         version = next_version(export_dir)
-    if int(version) < 1:
-        raise ExportError(f"version {version}: TF Serving needs a positive integer version")
     target = os.path.join(export_dir, str(int(version)))
     if os.path.exists(target) and not overwrite:
         raise FileExistsError(f"{target}: version {version} already exists (use --overwrite or another --version)")
     module = build_serving_module(model, config, with_probabilities=with_probabilities, pad_mode=pad_mode,
-                                  mean=mean, std=std, max_pixels=max_pixels)
+                                  mean=mean, std=std, max_pixels=max_pixels, max_request_pixels=max_request_pixels,
+                                  chunk_pixels=chunk_pixels)
     samples = warmup_lib.load_or_make_samples(warmup_images, warmup_size)
     meta = module.metadata()
     meta.update(
@@ -496,7 +675,8 @@ def export_saved_model(
             "config": config_to_dict(config),
         }
     )
-    with tempfile.TemporaryDirectory(prefix="gscnn_export_assets_") as assets_src:
+    # Next to the versions (not in /tmp) so that a killed export's leftovers are found and removed.
+    with tempfile.TemporaryDirectory(prefix=".gscnn_export_assets.", suffix=".tmp", dir=export_dir) as assets_src:
         labels_path = os.path.join(assets_src, LABELS_ASSET)
         with open(labels_path, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
@@ -516,6 +696,7 @@ def export_saved_model(
                 warmup_lib.write_warmup_requests(tmp, samples, model_name=model_name)
             if verify:
                 _verify(tmp, module, samples)
+            follow_umask_tree(tmp)  # mkdtemp made it 0700: TF Serving may run as another user
     logger.info("exported %s", target)
     return target
 

@@ -302,8 +302,6 @@ def test_request_pixel_limit_names_the_element_and_defaults_are_safe():
     # The export has limits unless told otherwise; the CLI's --help defaults are the module's.
     from gscnn_tf.cli import export as export_cli
 
-    assert (export_cli.DEFAULT_MAX_PIXELS, export_cli.DEFAULT_MAX_REQUEST_PIXELS, export_cli.DEFAULT_CHUNK_PIXELS) \
-        == (sm.DEFAULT_MAX_PIXELS, sm.DEFAULT_MAX_REQUEST_PIXELS, sm.DEFAULT_CHUNK_PIXELS)
     args = export_cli.build_parser().parse_args(["--checkpoint", "x", "--export-dir", "y"])
     assert args.max_pixels == sm.DEFAULT_MAX_PIXELS > 0 and args.max_request_pixels == sm.DEFAULT_MAX_REQUEST_PIXELS > 0
 

@@ -12,14 +12,10 @@ import argparse
 import logging
 import sys
 from gscnn_tf.cli.common import configure_logging
+from gscnn_tf.utils.serving_limits import DEFAULT_CHUNK_PIXELS, DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_PIXELS
 
 logger = logging.getLogger("gscnn_tf.export")
 
-# Kept here (not imported from the export module) so that --help does not load TensorFlow;
-# tests/test_faults_io.py checks they equal gscnn_tf.export.saved_model's.
-DEFAULT_MAX_PIXELS = 2048 * 2048
-DEFAULT_MAX_REQUEST_PIXELS = 8 * 1024 * 2048
-DEFAULT_CHUNK_PIXELS = 1024 * 2048
 
 
 def _size(text: str) -> tuple:

@@ -64,6 +64,7 @@ from gscnn_tf import labels as label_tables
 from gscnn_tf.config import ExperimentConfig, config_to_dict, save_config
 from gscnn_tf.utils.atomic import atomic_directory
 from gscnn_tf.utils.permissions import follow_umask_tree
+from gscnn_tf.utils.serving_limits import DEFAULT_CHUNK_PIXELS, DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_PIXELS
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +76,6 @@ CLASSES_FILL = 255  # `classes` value outside an image's own area in a mixed-siz
 LABELS_ASSET = "labels.json"
 CONFIG_ASSET = "config.yaml"
 PAD_MODES = ("edge", "mean")
-# Default serving limits (see docs/SERVING.md for the measured memory they bound).
-DEFAULT_MAX_PIXELS = 2048 * 2048  # per image: 2x a Cityscapes frame (1024x2048)
-DEFAULT_MAX_REQUEST_PIXELS = 8 * 1024 * 2048  # per request: 8 Cityscapes frames
-DEFAULT_CHUNK_PIXELS = 1024 * 2048  # the network sees at most this many pixels per call (or one image)
 EXPORT_TEMP_RE = re.compile(r"^\.(\d+\.[A-Za-z0-9_]+\.tmp(\.old)?|gscnn_export_assets\.[A-Za-z0-9_]+\.tmp)$")
 
 

@@ -208,7 +208,7 @@ def load_official_state_dict(model, state_dict: dict, source: str = "checkpoint"
         if not np.issubdtype(value.dtype, np.floating):
             wrong.append(f"{key!r} has dtype {value.dtype}, expected floating point")
             continue
-        values[key] = _transform(value.astype(np.float32), transform)
+        values[key] = _transform(value.astype(np.float32, copy=False), transform)
     if wrong:
         problems.append("wrong tensor(s): " + "; ".join(wrong[:8]) + (f" and {len(wrong) - 8} more" if len(wrong) > 8 else ""))
     if problems:

@@ -262,8 +262,8 @@ def _torch_load(path: str, trust: bool):
                 f"{path}: holds Python objects that a safe load refuses ({str(err).splitlines()[0]}). If you trust "
                 "where the file comes from, re-run with --trust-checkpoint (this unpickles it and can run code)."
             ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise OfficialCheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
+    except Exception as err:  # noqa: BLE001 - corrupt files make the unpickler raise assorted types
+        raise OfficialCheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - arbitrary pickles raise anything

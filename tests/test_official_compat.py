@@ -222,6 +222,16 @@ def test_official_compat_switches_in_the_model():
     x = normalised_scene(64, 64, 0, backbone="mobilenetv2")
     out = compat(x, training=False)
     assert out["seg_logits"].shape == (1, 64, 64, 3) and np.isfinite(out["seg_logits"].numpy()).all()
+    # trainable: gradients reach the backbone through the align-corners resizes and plain projections
+    with tf.GradientTape() as tape:
+        out = compat(x, training=True)
+        loss = tf.reduce_mean(out["seg_logits"] ** 2) + tf.reduce_mean(out["edge_logits"] ** 2)
+    grads = tape.gradient(loss, compat.trainable_weights)
+    bad = [w.path for w, g in zip(compat.trainable_weights, grads) if g is None or not np.isfinite(g.numpy()).all()]
+    assert not bad, bad
+    stream = compat.get_layer("shape_stream")
+    position = [i for i, w in enumerate(compat.trainable_weights) if w is stream.gate_projections[0].kernel]
+    assert float(tf.reduce_sum(tf.abs(grads[position[0]]))) > 0
 
 
 @pytest.mark.parametrize(

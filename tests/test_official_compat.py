@@ -191,7 +191,11 @@ def test_wrn38_options():
         build_backbone("wrn38", 16)
     with pytest.raises(ValueError, match="import_official_checkpoint"):
         build_backbone("wrn38", 8, pretrained="imagenet")
+    from gscnn_tf.backbones import load_pretrained
+
     model = build_backbone("wrn38", 8, sync_batchnorm=True)
+    with pytest.raises(ValueError, match="import_official_checkpoint"):
+        load_pretrained(model, "wrn38", "imagenet")
     assert all(layer.synchronized for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
 
 

@@ -85,8 +85,8 @@ def build_backbone(name, output_stride=8, pretrained=None, alpha=1.0, sync_batch
     if name == "wrn38":
         if pretrained is not None:
             raise ValueError(
-                "wrn38 has no ImageNet/keras.applications weights; import the official Gated-SCNN "
-                "checkpoint with import_official_checkpoint.py instead (model.pretrained must be null)."
+                "wrn38 has no keras.applications weights; import the official Gated-SCNN checkpoint with "
+                "import_official_checkpoint.py instead (model.pretrained must be null)."
             )
         return wider_resnet.build_wider_resnet38(output_stride, sync_batchnorm=sync_batchnorm)
     # Load the weight source first, so a bad file fails before the (slow) model build.
@@ -139,6 +139,8 @@ def load_pretrained(model, name, pretrained, alpha=1.0):
     model. For ResNets, ``conv1_conv``'s kernel is flipped BGR -> RGB on its input-channel axis.
     Raises ``ValueError`` naming the file when it does not fit the architecture.
     """
+    if name == "wrn38":
+        raise ValueError("wrn38 has no keras.applications weights; use import_official_checkpoint.py instead.")
     if pretrained != "imagenet" and not os.path.isfile(os.fspath(pretrained)):
         raise FileNotFoundError(f"Backbone weights file not found: {os.fspath(pretrained)!r}")
     return _copy_weights(_load_source(name, pretrained, alpha), model, name, _source_label(pretrained))

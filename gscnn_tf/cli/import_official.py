@@ -27,7 +27,7 @@ examples:
   python import_official_checkpoint.py --checkpoint best_cityscapes_checkpoint.pth --out runs/gscnn_wrn38_official
   # then, unchanged:
   python evaluate.py --checkpoint runs/gscnn_wrn38_official
-  python export_savedmodel.py --checkpoint runs/gscnn_wrn38_official --out exports/gscnn_wrn38
+  python export_savedmodel.py --checkpoint runs/gscnn_wrn38_official --export-dir exports/gscnn_wrn38
 
 writes RUN_DIR/config.yaml (the --config, with train.model_dir = RUN_DIR),
 RUN_DIR/checkpoints/best.weights.h5 and RUN_DIR/import_info.json (source file, epoch, mIoU

@@ -238,6 +238,7 @@ def test_cli_run_directory_evaluates_and_exports_like_the_official_network(tmp_p
     assert cli.main(["--checkpoint", str(source), "--out", str(run)]) == 0
     os.remove(source)
     assert (run / BEST_WEIGHTS).is_file() and (run / "config.yaml").is_file()
+    assert os.stat(run).st_mode & 0o077, "run directory readable by others like any training run"
     info = json.loads((run / "import_info.json").read_text())
     assert info["mapped_tensors"] == 313 and len(info["dropped_keys"]) == 58
     model, config = load_inference_model(str(run))

@@ -26,6 +26,8 @@ setup(
     extras_require={
         # jax: the cross-backend test runs the model and losses on Keras' JAX backend (CPU).
         "test": ["pytest>=8", "pytest-timeout>=2.3", "scipy>=1.11", "scikit-image>=0.22", "jax>=0.5"],
+        # convert: PyTorch reads the official Gated-SCNN .pth checkpoint (import_official_checkpoint.py).
+        "convert": ["torch>=2.6"],
     },
     entry_points={
         "console_scripts": [
@@ -35,6 +37,7 @@ setup(
             "gscnn-evaluate=gscnn_tf.cli.evaluate:main",
             "gscnn-export=gscnn_tf.cli.export:main",
             "gscnn-predict=gscnn_tf.cli.predict:main",
+            "gscnn-import-official=gscnn_tf.cli.import_official:main",
         ]
     },
 )

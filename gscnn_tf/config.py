@@ -30,7 +30,7 @@ class ConfigError(ValueError):
 class ModelConfig:
     """The network: regular stream, shape stream and fusion (docs/PAPER.md section 1)."""
 
-    backbone: str = "resnet50"  # resnet50 | resnet101 | mobilenetv2
+    backbone: str = "resnet50"  # resnet50 | resnet101 | mobilenetv2 | wrn38 (output stride 8 only)
     output_stride: int = 8  # 8 (paper) or 16
     pretrained: Optional[str] = None  # None | "imagenet" | path to a Keras weights file
     num_classes: int = 19
@@ -46,6 +46,10 @@ class ModelConfig:
     low_level_filters: int = 48
     # "auto": synchronized BatchNorm when a tf.distribute strategy is active at build time.
     sync_batchnorm: Any = "auto"  # "auto" | True | False
+    # True: reproduce the official PyTorch inference where it differs from the paper-faithful
+    # defaults (align-corners resizes, wrapped-uint8 Canny input, plain 1x1 ASPP projection and
+    # low-level branch, no classifier bias), for weights imported from the official checkpoint.
+    official_compat: bool = False
 
 
 @dataclass

@@ -45,6 +45,8 @@ def build_gscnn(model_config: ModelConfig, name: str = "gscnn") -> keras.Model:
     cfg = model_config
     rates = atrous_rates_for(cfg.output_stride)
     sync = resolve_sync(cfg.sync_batchnorm)
+    # Official-checkpoint compatibility (docs/OFFICIAL_CHECKPOINT.md): switches in the layers below.
+    compat = bool(cfg.official_compat)
 
     image = keras.Input(shape=(None, None, 3), dtype="float32", name="image")
     backbone = build_backbone(
@@ -58,10 +60,13 @@ def build_gscnn(model_config: ModelConfig, name: str = "gscnn") -> keras.Model:
             from gscnn_tf.layers.canny import CannyEdges
 
             mean, std = normalization_for(cfg.backbone)
-            reference = CannyEdges(cfg.canny_low, cfg.canny_high, mean, std, name="canny")(image)
+            input_mode = "official_uint8_wrap" if compat else "rgb"
+            reference = CannyEdges(cfg.canny_low, cfg.canny_high, mean, std, input_mode=input_mode, name="canny")(image)
         else:
             reference = image
-        edge, shape_map, edge_logits = ShapeStream(gated=cfg.gated, use_canny=cfg.canny, sync_batchnorm=sync, name="shape_stream")(
+        edge, shape_map, edge_logits = ShapeStream(
+            gated=cfg.gated, use_canny=cfg.canny, sync_batchnorm=sync, align_corners=compat, name="shape_stream"
+        )(
             [features["stem"], features["c3"], features["c4"], features["c5"], reference]
         )
         aspp_inputs = [features["c5"], shape_map]
@@ -70,11 +75,13 @@ def build_gscnn(model_config: ModelConfig, name: str = "gscnn") -> keras.Model:
         aspp_inputs = features["c5"]
 
     aspp = ShapeAwareASPP(
-        filters=cfg.aspp_filters, atrous_rates=rates, use_shape=cfg.shape_stream, sync_batchnorm=sync, name="aspp"
+        filters=cfg.aspp_filters, atrous_rates=rates, use_shape=cfg.shape_stream, sync_batchnorm=sync,
+        project_norm_act=not compat, align_corners=compat, name="aspp",
     )(aspp_inputs)
     logits = DeepLabV3PlusDecoder(
         cfg.num_classes, filters=cfg.decoder_filters, low_level_filters=cfg.low_level_filters,
-        sync_batchnorm=sync, name="decoder",
+        sync_batchnorm=sync, low_level_norm_act=not compat, classifier_bias=not compat, align_corners=compat,
+        name="decoder",
     )([aspp, features["c2"], image])
 
     outputs = {

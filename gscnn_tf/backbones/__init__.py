@@ -1,9 +1,11 @@
-"""Regular-stream backbones: dilated ResNet-50/101 and MobileNetV2.
+"""Regular-stream backbones: dilated ResNet-50/101, MobileNetV2 and WideResNet-38.
 
 ``build_backbone(name, output_stride)`` returns a ``keras.Model`` mapping a normalised RGB
 image (B, H, W, 3) to a dict of feature maps ``stem`` (stride 2), ``c2`` (4), ``c3`` (8),
-``c4`` (16, or 8 at OS8) and ``c5`` (= output_stride). ``normalization_for(name)`` gives the
-matching input normalisation ``x = (rgb_0_255 - mean) / std``.
+``c4`` (16, or 8 at OS8) and ``c5`` (= output_stride). WideResNet-38 (``"wrn38"``, the
+official model's backbone, OS8 only) is the exception: ``stem`` stride 1, ``c2`` 2, ``c3`` 4,
+``c4`` and ``c5`` 8. ``normalization_for(name)`` gives the matching input normalisation
+``x = (rgb_0_255 - mean) / std``.
 
 Pretrained weights come from the ``keras.applications`` model of the same architecture
 (ImageNet, or a weights file saved from such a model) and are copied layer by layer by
@@ -15,11 +17,11 @@ import logging
 import os
 import warnings
 
-from gscnn_tf.backbones import mobilenet_v2, resnet
+from gscnn_tf.backbones import mobilenet_v2, resnet, wider_resnet
 
 logger = logging.getLogger(__name__)
 
-BACKBONES = ("resnet50", "resnet101", "mobilenetv2")
+BACKBONES = ("resnet50", "resnet101", "mobilenetv2", "wrn38")
 OUTPUT_STRIDES = (8, 16, 32)
 
 # Keras' ResNet ImageNet weights are Caffe-style: BGR mean subtraction, no scaling. Here
@@ -28,6 +30,8 @@ _NORMALIZATION = {
     "resnet50": ((123.68, 116.779, 103.939), (1.0, 1.0, 1.0)),
     "resnet101": ((123.68, 116.779, 103.939), (1.0, 1.0, 1.0)),
     "mobilenetv2": ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
+    # torchvision's ImageNet mean/std (0..1 units) times 255, as the official Gated-SCNN loader.
+    "wrn38": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
 }
 
 # Layers of the keras.applications model that our feature extractor does not build.
@@ -52,9 +56,9 @@ def build_backbone(name, output_stride=8, pretrained=None, alpha=1.0, sync_batch
     """Builds a dilated backbone feature extractor.
 
     Args:
-        name: ``"resnet50"``, ``"resnet101"`` or ``"mobilenetv2"``.
+        name: ``"resnet50"``, ``"resnet101"``, ``"mobilenetv2"`` or ``"wrn38"``.
         output_stride: 8 (paper: c4, c5 at stride 8, dilations 2 and 4), 16 (c5 at stride 16,
-            dilation 2) or 32 (undilated, as keras.applications).
+            dilation 2) or 32 (undilated, as keras.applications). ``wrn38``: 8 only.
         pretrained: ``None`` (random init), ``"imagenet"`` (downloads through
             keras.applications when not cached), or a path to a weights file of the matching
             ``keras.applications`` model (``include_top=False``; ``.weights.h5`` or legacy
@@ -65,7 +69,7 @@ def build_backbone(name, output_stride=8, pretrained=None, alpha=1.0, sync_batch
     Returns:
         ``keras.Model`` with input (None, None, None, 3) float32 normalised RGB and outputs
         ``{"stem", "c2", "c3", "c4", "c5"}``, each (B, h, w, C) (see the module docstrings
-        of ``resnet`` and ``mobilenet_v2`` for channels).
+        of ``resnet``, ``mobilenet_v2`` and ``wider_resnet`` for channels).
 
     Raises:
         ValueError: unknown name or output stride, or a weights file of another architecture.
@@ -78,6 +82,13 @@ def build_backbone(name, output_stride=8, pretrained=None, alpha=1.0, sync_batch
         pretrained = os.fspath(pretrained)
         if not os.path.isfile(pretrained):
             raise FileNotFoundError(f"Backbone weights file not found: {pretrained!r}")
+    if name == "wrn38":
+        if pretrained is not None:
+            raise ValueError(
+                "wrn38 has no keras.applications weights; import the official Gated-SCNN checkpoint with "
+                "import_official_checkpoint.py instead (model.pretrained must be null)."
+            )
+        return wider_resnet.build_wider_resnet38(output_stride, sync_batchnorm=sync_batchnorm)
     # Load the weight source first, so a bad file fails before the (slow) model build.
     source = None if pretrained is None else _load_source(name, pretrained, alpha)
     if name == "mobilenetv2":
@@ -128,6 +139,8 @@ def load_pretrained(model, name, pretrained, alpha=1.0):
     model. For ResNets, ``conv1_conv``'s kernel is flipped BGR -> RGB on its input-channel axis.
     Raises ``ValueError`` naming the file when it does not fit the architecture.
     """
+    if name == "wrn38":
+        raise ValueError("wrn38 has no keras.applications weights; use import_official_checkpoint.py instead.")
     if pretrained != "imagenet" and not os.path.isfile(os.fspath(pretrained)):
         raise FileNotFoundError(f"Backbone weights file not found: {os.fspath(pretrained)!r}")
     return _copy_weights(_load_source(name, pretrained, alpha), model, name, _source_label(pretrained))

@@ -9,6 +9,9 @@ On the deepest regular-stream map, ``filters`` channels per branch, each conv-BN
     concat (branch order as the official code: pool, shape, 1x1, atrous) -> project 1x1 -> BN -> ReLU
 
 Rates: (12, 24, 36) at output stride 8, (6, 12, 18) at 16 (:func:`atrous_rates_for`).
+Official-checkpoint compatibility (``model.official_compat``): ``project_norm_act=False``
+makes ``project`` a plain 1x1 conv (no bias, BN or ReLU; the official code's ``bot_aspp``)
+and ``align_corners=True`` resizes the shape map with aligned corners.
 With ``use_shape=False`` there is no shape branch: plain DeepLabV3+ ASPP (the baseline).
 """
 from __future__ import annotations
@@ -53,8 +56,13 @@ class ShapeAwareASPP(keras.layers.Layer):
     Returns: (B, h, w, filters).
     """
 
-    def __init__(self, filters=256, atrous_rates=(12, 24, 36), use_shape=True, sync_batchnorm="auto", **kwargs):
+    def __init__(
+        self, filters=256, atrous_rates=(12, 24, 36), use_shape=True, sync_batchnorm="auto",
+        project_norm_act=True, align_corners=False, **kwargs,
+    ):
         super().__init__(**kwargs)
+        self.project_norm_act = bool(project_norm_act)
+        self.align_corners = bool(align_corners)
         self.filters = int(filters)
         self.atrous_rates = tuple(int(r) for r in atrous_rates)
         self.use_shape = bool(use_shape)
@@ -82,7 +90,10 @@ class ShapeAwareASPP(keras.layers.Layer):
             atrous = branch(f"atrous{rate}", kernel_size=3, rate=rate)
             atrous.build(features_shape)
             self.atrous_branches.append(atrous)
-        self.project = branch("project")
+        if self.project_norm_act:
+            self.project = branch("project")
+        else:
+            self.project = keras.layers.Conv2D(self.filters, 1, use_bias=False, name="project", dtype=policy)
         n_branches = 2 + len(self.atrous_rates) + int(self.use_shape)
         self.project.build((None, None, None, n_branches * self.filters))
 
@@ -95,7 +106,8 @@ class ShapeAwareASPP(keras.layers.Layer):
         pooled = ops.mean(features, axis=(1, 2), keepdims=True)
         branches = [resize_like(self.pool_branch(pooled, training=training), features, dtype=dtype)]
         if self.use_shape:
-            branches.append(self.shape_branch(resize_like(shape_map, features, dtype=dtype), training=training))
+            shape_map = resize_like(shape_map, features, dtype=dtype, align_corners=self.align_corners)
+            branches.append(self.shape_branch(shape_map, training=training))
         branches.append(self.conv1x1_branch(features, training=training))
         branches.extend(atrous(features, training=training) for atrous in self.atrous_branches)
         return self.project(ops.concatenate(branches, axis=-1), training=training)
@@ -108,6 +120,7 @@ class ShapeAwareASPP(keras.layers.Layer):
         config = super().get_config()
         config.update(
             filters=self.filters, atrous_rates=list(self.atrous_rates), use_shape=self.use_shape,
-            sync_batchnorm=self.sync_batchnorm,
+            sync_batchnorm=self.sync_batchnorm, project_norm_act=self.project_norm_act,
+            align_corners=self.align_corners,
         )
         return config

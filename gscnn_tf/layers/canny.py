@@ -8,7 +8,8 @@ The layer follows OpenCV 4.x ``modules/imgproc/src/canny.cpp`` (aperture 3) step
 integer arithmetic, so on uint8 images it reproduces ``cv2.Canny`` pixel for pixel (verified on
 scikit-image's sample photos; see ``tests/test_canny.py``):
 
-1. undo the normalisation (``rgb = x * std + mean``), round and clip to the uint8 range;
+1. undo the normalisation (``rgb = x * std + mean``), round and clip to the uint8 range
+   (``input_mode="official_uint8_wrap"`` instead reproduces the official code's cast, see below);
 2. optional Gaussian smoothing, bit-exact with ``cv2.GaussianBlur(img, (0, 0), sigma)`` on uint8
    (OpenCV's 8-bit fixed-point kernel, reflect-101 border);
 3. 3x3 Sobel dx, dy per channel with a replicated border (Canny uses ``BORDER_REPLICATE``);
@@ -20,6 +21,11 @@ scikit-image's sample photos; see ``tests/test_canny.py``):
 6. double threshold: candidate if m > floor(low), strong if m > floor(high);
 7. hysteresis: strong pixels grow through 8-connected candidates by iterative 3x3 dilation
    (on bit-packed maps) in a bounded while loop that stops as soon as nothing changes.
+
+``input_mode="official_uint8_wrap"``: the official Gated-SCNN code runs ``cv2.Canny`` on the
+*normalised* float image cast to uint8 with NumPy, which truncates toward zero and wraps modulo
+256 on x86 (-2.1 -> 254, -0.5 -> 0, 2.6 -> 2). Its weights were trained with that input, so
+``model.official_compat`` reproduces it: ``floormod(trunc(x), 256)``, platform-independent.
 
 Everything after step 1 is exact integer arithmetic on element-wise ops (no convolutions), so
 results do not depend on TF32/cuDNN/oneDNN numerics.
@@ -38,6 +44,8 @@ _SHIFT = 15
 # Hysteresis bit packing: pixels per int32 word (the sign bit stays 0) and the matching mask.
 _WORD_BITS = 31
 _WORD_MASK = (1 << _WORD_BITS) - 1
+# How the normalised input becomes uint8 pixels (see CannyEdges).
+INPUT_MODES = ("rgb", "official_uint8_wrap")
 
 
 def gaussian_kernel_size(sigma: float) -> int:
@@ -105,6 +113,9 @@ class CannyEdges(keras.layers.Layer):
             photos.
         l2_gradient: use dx^2 + dy^2 (compared with squared thresholds) like OpenCV's
             ``L2gradient=True``.
+        input_mode: ``"rgb"`` (default: denormalise with ``mean``/``std``, round, clip) or
+            ``"official_uint8_wrap"`` (``floormod(trunc(x), 256)`` of the normalised input
+            itself, ignoring ``mean``/``std``; see the module docstring).
     """
 
     def __init__(
@@ -116,6 +127,7 @@ class CannyEdges(keras.layers.Layer):
         smoothing_sigma=0.0,
         max_hysteresis_iterations=1000,
         l2_gradient=False,
+        input_mode="rgb",
         **kwargs,
     ):
         # Integer-exact pipeline: never let a mixed policy make this layer compute in float16.
@@ -124,6 +136,9 @@ class CannyEdges(keras.layers.Layer):
         super().__init__(**kwargs)
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"mean and std must have 3 entries (RGB), got {mean!r}, {std!r}")
+        if input_mode not in INPUT_MODES:
+            raise ValueError(f"input_mode must be one of {list(INPUT_MODES)}, got {input_mode!r}")
+        self.input_mode = input_mode
         if smoothing_sigma < 0:
             raise ValueError(f"smoothing_sigma must be >= 0, got {smoothing_sigma}")
         if max_hysteresis_iterations is not None and max_hysteresis_iterations < 0:
@@ -153,6 +168,9 @@ class CannyEdges(keras.layers.Layer):
     # ------------------------------------------------------------------ helpers
     def _to_uint8_range(self, x):
         x = ops.cast(x, "float32")
+        if self.input_mode == "official_uint8_wrap":
+            # Float -> int casts truncate toward zero on every backend; mod is a floor-mod (TF, JAX).
+            return ops.mod(ops.cast(x, "int32"), 256)
         rgb = x * ops.convert_to_tensor(self.std, "float32") + ops.convert_to_tensor(self.mean, "float32")
         # The official loader sees uint8 pixels; rounding recovers them exactly from normalised floats.
         return ops.cast(ops.clip(ops.round(rgb), 0.0, 255.0), "int32")
@@ -279,6 +297,7 @@ class CannyEdges(keras.layers.Layer):
             smoothing_sigma=self.smoothing_sigma,
             max_hysteresis_iterations=self.max_hysteresis_iterations,
             l2_gradient=self.l2_gradient,
+            input_mode=self.input_mode,
         )
         return config
 

@@ -16,6 +16,10 @@ Stem width: ResNet's stem has 64 channels; MobileNetV2's has 32*alpha. A 1x1 pro
 backbone. It runs before the upsampling (a 1x1 conv and bilinear resizing commute, and the
 stride-2 grid is 4x cheaper).
 
+Official-checkpoint compatibility (``model.official_compat``): ``align_corners=True`` makes
+every resize in the stream (stem and gate signals to full resolution) use aligned corners, as
+the official code does.
+
 Ablations: ``gated=False`` replaces each GCL by a plain 1x1 conv (``plain{1,2,3}``, no bias)
 and drops the gate projections (c3..c5 are then ignored); ``use_canny=False`` feeds the edge
 map itself to the fusion (no ``canny_fuse``).
@@ -44,8 +48,9 @@ class ShapeStream(keras.layers.Layer):
     the shape map in [0, 1], and the edge's pre-sigmoid logits (for a stable BCE).
     """
 
-    def __init__(self, gated=True, use_canny=True, sync_batchnorm="auto", **kwargs):
+    def __init__(self, gated=True, use_canny=True, sync_batchnorm="auto", align_corners=False, **kwargs):
         super().__init__(**kwargs)
+        self.align_corners = bool(align_corners)
         self.gated = bool(gated)
         self.use_canny = bool(use_canny)
         self.sync_batchnorm = sync_batchnorm
@@ -97,12 +102,14 @@ class ShapeStream(keras.layers.Layer):
         stem, c3, c4, c5, reference = inputs
         dtype = self.compute_dtype
         x = stem if self.stem_proj is None else self.stem_proj(stem)
-        x = resize_like(x, reference, dtype=dtype)
+        x = resize_like(x, reference, dtype=dtype, align_corners=self.align_corners)
         for i, regular_features in enumerate((c3, c4, c5)):
             x = self.res_blocks[i](x, training=training)
             x = self.reducers[i](x)
             if self.gated:
-                gate_signal = resize_like(self.gate_projections[i](regular_features), reference, dtype=dtype)
+                gate_signal = resize_like(
+                    self.gate_projections[i](regular_features), reference, dtype=dtype, align_corners=self.align_corners
+                )
                 x = self.gates[i]([x, gate_signal], training=training)
             else:
                 x = self.gates[i](x)
@@ -121,7 +128,10 @@ class ShapeStream(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(gated=self.gated, use_canny=self.use_canny, sync_batchnorm=self.sync_batchnorm)
+        config.update(
+            gated=self.gated, use_canny=self.use_canny, sync_batchnorm=self.sync_batchnorm,
+            align_corners=self.align_corners,
+        )
         return config
 
 

@@ -24,6 +24,8 @@ class TrainingFailed(TrainingError):
 def describe_os_error(exc: OSError) -> str:
     """A short reason: h5py/zip errors bury ``No space left on device`` in a long message."""
     text = str(exc)
+    if exc.errno == errno.ENOSPC and exc.strerror:
+        return exc.strerror
     if exc.errno == errno.ENOSPC or "No space left" in text or "errno = 28" in text:
         return "no space left on device"
     if exc.strerror:

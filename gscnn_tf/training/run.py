@@ -345,6 +345,7 @@ def train(cfg: ExperimentConfig, fresh: bool = False, require_resume: bool = Fal
     if chief:
         path = os.path.join(model_dir, FINAL_MODEL)
         with writing(path):
+            cb.ensure_free_space(path, network.weights)
             with atomic_path(path, suffix=".keras") as tmp:
                 network.save(tmp)
         path = os.path.join(model_dir, LAST_WEIGHTS)

@@ -164,10 +164,11 @@ def complete_epoch(network: keras.Model, model_dir: str, meta: dict) -> None:
 
     Called right after the backup at each epoch end, and again on resume from such a
     backup (the network then holds exactly the epoch's weights): every write is
-    idempotent, so a kill anywhere in between loses nothing.
+    idempotent, so a kill anywhere in between loses nothing. When all are done the
+    pointer records it (``"written": true``), so later resumes skip them.
     """
     record = meta.get("epoch_end")
-    if not record:
+    if not record or record.get("written"):
         return
     if record.get("best_improved"):
         path = os.path.join(model_dir, BEST_WEIGHTS)
@@ -179,6 +180,11 @@ def complete_epoch(network: keras.Model, model_dir: str, meta: dict) -> None:
     path = os.path.join(model_dir, METRICS_CSV)
     with writing(path):
         write_csv_row(path, record["epoch"], record["logs"])
+    # Done: a resume from this backup need not write them again.
+    record["written"] = True
+    path = os.path.join(model_dir, BACKUP_DIR, BACKUP_POINTER)
+    with writing(path):
+        atomic_write_text(path, json.dumps({k: v for k, v in meta.items() if k != "weights"}))
 
 
 class RunCheckpointer(keras.callbacks.Callback):

@@ -6,7 +6,7 @@ A training run directory (``train.model_dir``) holds::
     checkpoints/best.weights.h5       inference-model weights with the best validation mIoU
     checkpoints/last.weights.h5       inference-model weights after the last epoch
     model.keras                       the final inference model (architecture + weights)
-    backup/                           step-exact resume state (StepBackup; see training/callbacks.py)
+    backup/                           step-exact resume state + best value (training/callbacks.py)
     logs/                             TensorBoard;  training_log.csv: per-epoch metrics
 """
 from __future__ import annotations

@@ -37,6 +37,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 from typing import Optional, Sequence, Union
 
 import tensorflow as tf
@@ -116,8 +117,15 @@ def find_corrupt_records(pattern: str) -> list:
             for _ in tf.data.TFRecordDataset(path):
                 pass
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
-            bad.append((path, exc.message.strip().splitlines()[-1] if exc.message else str(exc)))
+            bad.append((path, _short_tf_message(exc.message or str(exc))))
     return bad
+
+
+def _short_tf_message(text: str) -> str:
+    """The last line of a TensorFlow op error without its function/op decorations."""
+    line = text.strip().splitlines()[-1] if text.strip() else ""
+    line = re.sub(r"\{\{[^}]*\}\}\s*", "", line)
+    return re.sub(r"\s*\[Op:[^\]]*\].*$", "", line).strip()
 
 
 class ShardCheckError(ValueError):
@@ -214,8 +222,7 @@ def describe_data_error(exc: tf.errors.OpError, patterns: Sequence[str]) -> Opti
             return f"corrupt shard {bad[0][0]}: {bad[0][1]}" + (
                 f" (and {len(bad) - 1} more corrupt shard(s))" if len(bad) > 1 else "") + \
                 "; `python -m gscnn_tf.data.pipeline PATTERN` lists them; re-run the conversion"
-        first = text.strip().splitlines()[0] if text.strip() else "data loss"
-        return f"corrupt data while reading {', '.join(patterns) or 'the dataset'}: {first}"
+        return f"corrupt data while reading {', '.join(patterns) or 'the dataset'}: {_short_tf_message(text)}"
     if _RECORD_ERROR in text:
         line = next(l for l in text.splitlines() if _RECORD_ERROR in l)
         # tf.debugging.Assert prints its data as "[text] [b'value'] ..."; keep the words only.

@@ -262,7 +262,7 @@ class RunCheckpointer(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = self._global_step()
-        loss = _float_logs(logs).get("loss")
+        loss = _float_logs({"loss": logs["loss"]}).get("loss") if logs and "loss" in logs else None
         if loss is not None and not math.isfinite(loss):
             raise self._diverged(f"the loss is {loss}", step)
         if isinstance(self.save_freq, int) and step % self.save_freq == 0:

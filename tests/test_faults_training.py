@@ -203,6 +203,31 @@ def test_kill_between_the_epoch_end_writes_is_completed_by_the_rerun(synthetic_t
 
 
 @pytest.mark.slow
+def test_kill_during_validation_redoes_the_epoch_end(synthetic_tfrecords, tmp_path, monkeypatch):
+    """Step backups every step: a kill in the epoch's validation must not resume past the epoch."""
+    import keras
+    from gscnn_tf.training.run import train
+    from gscnn_tf.training.trainer import GSCNNTrainer
+
+    run = str(tmp_path / "run")
+    cfg = tiny_experiment_config(synthetic_tfrecords, run, backup_save_freq=1)
+
+    def killed_in_validation(self, *args, **kwargs):
+        raise _Killed("validation")
+
+    monkeypatch.setattr(GSCNNTrainer, "evaluate", killed_in_validation)
+    with pytest.raises(_Killed):
+        train(cfg)
+    monkeypatch.undo()
+    assert _pointer(run)["global_step"] == 2  # the last step's backup waits for the epoch end
+    keras.backend.clear_session()
+    summary = train(cfg)
+    assert summary["resumed_from_step"] == 2 and summary["global_step"] == 3
+    assert [r["epoch"] for r in _csv_rows(run)] == ["0"]
+    assert os.path.isfile(os.path.join(run, BEST))
+
+
+@pytest.mark.slow
 def test_an_epoch_written_twice_leaves_one_csv_row(synthetic_tfrecords, tmp_path, monkeypatch):
     """Kill at the CSV of epoch 1 of 2: the rerun writes epoch 1's row once, then epoch 2's."""
     import keras

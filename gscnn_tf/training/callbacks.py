@@ -265,7 +265,11 @@ class RunCheckpointer(keras.callbacks.Callback):
         loss = _float_logs({"loss": logs["loss"]}).get("loss") if logs and "loss" in logs else None
         if loss is not None and not math.isfinite(loss):
             raise self._diverged(f"the loss is {loss}", step)
-        if isinstance(self.save_freq, int) and step % self.save_freq == 0:
+        # Not at the fit's last batch: that step's backup is the epoch-end one, written after
+        # validation with the epoch's record. A backup here would let a kill during validation
+        # resume "after" an epoch whose validation, checkpoints and CSV row never happened.
+        last_batch = self.params and self.params.get("steps") and batch + 1 >= self.params["steps"]
+        if isinstance(self.save_freq, int) and step % self.save_freq == 0 and not last_batch:
             self._backup(step)
 
     def on_epoch_end(self, epoch, logs=None):

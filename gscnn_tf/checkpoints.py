@@ -6,7 +6,7 @@ A training run directory (``train.model_dir``) holds::
     checkpoints/best.weights.h5       inference-model weights with the best validation mIoU
     checkpoints/last.weights.h5       inference-model weights after the last epoch
     model.keras                       the final inference model (architecture + weights)
-    backup/                           BackupAndRestore state (resume after a crash)
+    backup/                           step-exact resume state + best value (training/callbacks.py)
     logs/                             TensorBoard;  training_log.csv: per-epoch metrics
 """
 from __future__ import annotations
@@ -26,6 +26,30 @@ FINAL_MODEL = "model.keras"
 
 class CheckpointError(ValueError):
     """A checkpoint path does not exist or is not something we can load."""
+
+
+def non_finite_weights(model, extra_variables=()) -> list:
+    """Paths of the floating-point variables of ``model`` (and ``extra_variables``, e.g. an
+    optimizer's) that hold a NaN or an infinity; empty when all are finite.
+
+    Reduced on the variables' own device, so only one boolean per variable is copied.
+    """
+    bad = []
+    for variable in list(model.weights) + list(extra_variables):
+        if not keras.backend.is_float_dtype(variable.dtype):
+            continue
+        if not bool(keras.ops.all(keras.ops.isfinite(variable))):
+            bad.append(getattr(variable, "path", None) or variable.name)
+    return bad
+
+
+def all_weights_finite(model, extra_variables=()) -> bool:
+    """True when every floating-point weight of ``model`` is finite (see :func:`non_finite_weights`).
+
+    Training calls it before every checkpoint, backup and ``model.keras`` write, so a
+    diverged run never replaces a good file with NaNs; export refuses such weights too.
+    """
+    return not non_finite_weights(model, extra_variables)
 
 
 def resolve_checkpoint(path: str) -> str:

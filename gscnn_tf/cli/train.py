@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train_keras.py",
         description="Train Gated-SCNN (or the DeepLabV3+ baseline) with keras model.fit. "
-        "A run directory that holds a backup is resumed at the exact step it stopped at.",
+        "A run directory that holds a backup is resumed at the exact step it stopped at. "
+        "Exit status: 0 done, 2 the run could not start (bad flags, data or config change; nothing written), "
+        "1 the run stopped (diverged, disk full, corrupt data; the last backup and checkpoints are intact).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -49,7 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-checkpoint", help="fine-tune: start from these weights (run dir, .weights.h5 or .keras)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="require a backup in the run directory and resume from it")
-    group.add_argument("--fresh", action="store_true", help="delete the run directory's backup and start from step 0")
+    group.add_argument("--fresh", action="store_true",
+                       help="discard the run directory's earlier run (backup, checkpoints, model.keras, metrics CSV, "
+                       "config.yaml; TensorBoard logs stay) and start from step 0, with any config")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume although the config differs from the run's config.yaml in fields that do not change "
+                   "the model (epochs, learning rate, data, ...); the new values are recorded. Changes to model.* or "
+                   "train.optimizer/mixed_precision are always refused (use --fresh or another --model-dir)")
     add_common_flags(p)
     return p
 
@@ -84,11 +92,12 @@ def main(argv=None) -> int:
     logging.getLogger("gscnn_tf").info("training %s (%s, OS%d) -> %s", "Gated-SCNN" if cfg.model.shape_stream else "DeepLabV3+",
                                        cfg.model.backbone, cfg.model.output_stride, cfg.train.model_dir)
     try:
-        summary = train(cfg, fresh=args.fresh, require_resume=args.resume)
+        summary = train(cfg, fresh=args.fresh, require_resume=args.resume, allow_config_change=args.allow_config_change)
     except (TrainingError, FileNotFoundError, ValueError) as exc:
         if args.log_level == "DEBUG":
             raise  # the full traceback, for bug reports
-        return fail(str(exc))
+        # 2: the run could not start (nothing written); 1: it stopped (diverged, disk full, bad data).
+        return fail(str(exc), getattr(exc, "exit_code", 2))
     logging.getLogger("gscnn_tf").info(
         "done: step %d in %.0f s; weights fingerprint %s; run directory %s",
         summary["global_step"], summary["seconds"], summary["weights_fingerprint"], summary["model_dir"],

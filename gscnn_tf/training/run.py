@@ -8,30 +8,33 @@ resume is a fresh shuffle, not a replay).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import time
+from typing import Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from gscnn_tf.checkpoints import BEST_WEIGHTS, CONFIG_NAME, FINAL_MODEL, LAST_WEIGHTS, load_inference_model
-from gscnn_tf.config import ExperimentConfig, save_config
+from gscnn_tf.checkpoints import (BEST_WEIGHTS, CONFIG_NAME, FINAL_MODEL, LAST_WEIGHTS, load_inference_model,
+                                  non_finite_weights)
+from gscnn_tf.config import ConfigError, ExperimentConfig, config_to_dict, load_config, save_config
 from gscnn_tf.training import callbacks as cb
 from gscnn_tf.training.distribute import make_strategy, resolve_jit_compile
+from gscnn_tf.training.errors import TrainingError, TrainingFailed, writing
 from gscnn_tf.training.optimizer import build_optimizer
 from gscnn_tf.training.trainer import GSCNNTrainer
-from gscnn_tf.utils.atomic import atomic_path, atomic_write_text
+from gscnn_tf.utils.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
-    """A run cannot start (bad data pattern, inconsistent resume state, ...)."""
+SUMMARY_NAME = "train_summary.json"
 
 
 def count_records(pattern: str) -> int:
@@ -58,7 +61,7 @@ def _steps_per_epoch(cfg: ExperimentConfig) -> int:
     return max(1, count_records(cfg.data.train_pattern) // cfg.train.batch_size)
 
 
-def _build_datasets(cfg: ExperimentConfig, strategy, normalization, seed):
+def _build_datasets(cfg: ExperimentConfig, strategy, normalization, seed, val_records=None):
     from gscnn_tf.data import pipeline
 
     replicas = strategy.num_replicas_in_sync
@@ -75,9 +78,17 @@ def _build_datasets(cfg: ExperimentConfig, strategy, normalization, seed):
     val_ds = None
     if cfg.data.val_pattern or cfg.data.source == "tfds":
         val_ds = pipeline.build_eval_dataset(cfg.data, normalization=normalization, boundary_radius=cfg.loss.boundary_radius)
+        if val_records is None and cfg.data.source == "tfrecord":
+            val_records = count_records(cfg.data.val_pattern)
+        batches = val_records
         if replicas > 1:
             # Every replica gets one full image (Cityscapes images share one size).
             val_ds = val_ds.unbatch().batch(replicas, drop_remainder=True)
+            batches = None if val_records is None else val_records // replicas
+        if batches is not None:
+            # A known length lets Keras end each validation without running into the end of
+            # the data (which it reports as "Your input ran out of data; interrupting training").
+            val_ds = val_ds.apply(tf.data.experimental.assert_cardinality(batches))
     return train_ds, val_ds
 
 
@@ -91,12 +102,127 @@ def _first_examples(val_ds, n):
     return np.stack(images), np.stack(labels)
 
 
-def train(cfg: ExperimentConfig, fresh: bool = False, require_resume: bool = False) -> dict:
+# Fields a resumed run may not change even with --allow-config-change: the network's
+# architecture and the optimizer state's layout (the backup and checkpoints would not fit,
+# or, for shape-compatible ones like the output stride, would silently mean another model).
+RESUME_FIXED_TRAIN_FIELDS = ("optimizer", "mixed_precision")
+
+
+def _differences(old, new, prefix=""):
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in list(old) + [k for k in new if k not in old]:
+            out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [(prefix[:-1], old, new)]
+
+
+def check_config_change(cfg: ExperimentConfig, allow_change: bool = False) -> list:
+    """Compares ``cfg`` with the run directory's ``config.yaml``; returns the differences.
+
+    A run directory's config is its record (export and evaluation rebuild the model from
+    it), so it changes only when asked: any difference in ``model.*`` or
+    ``train.optimizer``/``train.mixed_precision`` is refused (use ``--fresh`` or another
+    run directory); other differences (epochs, learning rate, data, ...) are refused
+    unless ``allow_change`` (the CLI's ``--allow-config-change``). Nothing is written here.
+    """
+    path = os.path.join(cfg.train.model_dir, CONFIG_NAME)
+    if not os.path.isfile(path):
+        return []
+    try:
+        saved = load_config(path)
+    except ConfigError as exc:
+        raise TrainingError(f"{exc}; rerun with --fresh to replace this run, or use another --model-dir") from exc
+    diffs = [d for d in _differences(config_to_dict(saved), config_to_dict(cfg)) if d[0] != "train.model_dir"]
+    if not diffs:
+        return []
+
+    def describe(items):
+        shown = ", ".join(f"{k}: {o!r} -> {n!r}" for k, o, n in items[:6])
+        return shown + (f" and {len(items) - 6} more" if len(items) > 6 else "")
+
+    fixed = [d for d in diffs if d[0].startswith("model.") or d[0] in {f"train.{f}" for f in RESUME_FIXED_TRAIN_FIELDS}]
+    if fixed:
+        raise TrainingError(
+            f"{cfg.train.model_dir} holds a run of another model ({describe(fixed)}); its backup and "
+            "checkpoints do not belong to this config. Use another --model-dir, or --fresh to discard that run"
+        )
+    if not allow_change:
+        raise TrainingError(
+            f"this config differs from {path} ({describe(diffs)}); pass --allow-config-change to continue "
+            "the run with the new values, --fresh to start it again, or use another --model-dir"
+        )
+    log.warning("continuing %s with a changed config: %s", cfg.train.model_dir, describe(diffs))
+    return diffs
+
+
+def _discard_run(model_dir: str) -> None:
+    """--fresh: removes what an earlier run in ``model_dir`` trained (not its TensorBoard logs)."""
+    removed = []
+    for name in (cb.BACKUP_DIR, os.path.dirname(BEST_WEIGHTS), FINAL_MODEL, cb.METRICS_CSV, SUMMARY_NAME, CONFIG_NAME):
+        path = os.path.join(model_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+        else:
+            continue
+        removed.append(name)
+    if removed:
+        log.info("--fresh: removed %s from %s", ", ".join(removed), model_dir)
+
+
+def _remove_stale_temporaries(model_dir: str) -> None:
+    """Temp files/directories of killed writers (atomic writes that never got renamed)."""
+    removed = []
+    for sub in ("", os.path.dirname(BEST_WEIGHTS)):
+        removed += remove_stale_temporaries(os.path.join(model_dir, sub))
+    if removed:
+        log.info("removed %d temporary file(s) left by a killed run in %s", len(removed), model_dir)
+
+
+def _check_data(cfg: ExperimentConfig) -> Optional[int]:
+    """Checks the shards against their manifests before anything is written; -> val records or None."""
+    from gscnn_tf.data import pipeline
+
+    if cfg.data.source != "tfrecord":
+        return None
+    pipeline.check_shards(cfg.data.train_pattern, "data.train_pattern")
+    if cfg.data.val_pattern:
+        return pipeline.check_shards(cfg.data.val_pattern, "data.val_pattern")
+    return None
+
+
+@contextlib.contextmanager
+def _naming_bad_data(cfg: ExperimentConfig):
+    """A corrupt shard or record met while training -> one line naming it (TrainingFailed)."""
+    from gscnn_tf.data import pipeline
+
+    try:
+        yield
+    except tf.errors.OpError as exc:
+        patterns = [p for p in (cfg.data.train_pattern, cfg.data.val_pattern) if p] if cfg.data.source == "tfrecord" else []
+        message = pipeline.describe_data_error(exc, patterns)
+        if message is None:
+            raise
+        raise TrainingFailed(message) from None
+
+
+def train(cfg: ExperimentConfig, fresh: bool = False, require_resume: bool = False,
+          allow_config_change: bool = False) -> dict:
     """Runs (or resumes) training as configured; returns a summary dict (also saved as JSON).
 
     Args:
-        fresh: delete an existing backup in ``model_dir`` and start from scratch.
+        fresh: discard an earlier run in ``model_dir`` (backup, checkpoints, model.keras,
+            metrics, config) and start from scratch.
         require_resume: fail unless a backup exists (the CLI's ``--resume``).
+        allow_config_change: let a resumed run change non-model fields of its config
+            (see :func:`check_config_change`).
+
+    Raises:
+        TrainingError: the run cannot start (nothing was written).
+        TrainingFailed: the run stopped (diverged, disk full, corrupt data); the last
+            complete backup and checkpoints are intact.
     """
     from gscnn_tf.backbones import normalization_for
     from gscnn_tf.model import build_gscnn
@@ -109,25 +235,22 @@ def train(cfg: ExperimentConfig, fresh: bool = False, require_resume: bool = Fal
         keras.config.set_dtype_policy("mixed_float16")
     chief = cb.is_chief()
     model_dir = tcfg.model_dir
-    backup_dir = os.path.join(model_dir, "backup")
-    if fresh and chief and os.path.isdir(backup_dir):
-        log.info("--fresh: removing the backup in %s", backup_dir)
-        shutil.rmtree(backup_dir)
-    backup = cb.latest_backup(backup_dir)
+    backup_dir = os.path.join(model_dir, cb.BACKUP_DIR)
+    # Everything that can refuse the run happens before the first write.
+    if not fresh:
+        check_config_change(cfg, allow_config_change)
+    backup = None if fresh else cb.read_backup(backup_dir)
     if require_resume and backup is None:
         raise TrainingError(f"--resume: no backup in {backup_dir}")
-    if chief:
-        os.makedirs(model_dir, exist_ok=True)
-        save_config(cfg, os.path.join(model_dir, CONFIG_NAME))
-
+    val_records = _check_data(cfg)
     normalization = normalization_for(cfg.model.backbone)
     steps_per_epoch = _steps_per_epoch(cfg)
     total_steps = steps_per_epoch * tcfg.epochs
-    train_ds, val_ds = _build_datasets(cfg, strategy, normalization, tcfg.seed)
+    train_ds, val_ds = _build_datasets(cfg, strategy, normalization, tcfg.seed, val_records)
 
     with strategy.scope():
         network = build_gscnn(cfg.model)
-        if tcfg.init_checkpoint:
+        if tcfg.init_checkpoint and backup is None:
             log.info("fine-tuning from %s", tcfg.init_checkpoint)
             source, _ = load_inference_model(tcfg.init_checkpoint, cfg)
             network.set_weights(source.get_weights())
@@ -141,51 +264,69 @@ def train(cfg: ExperimentConfig, fresh: bool = False, require_resume: bool = Fal
         trainer.optimizer.build(trainer.trainable_variables)
         global_step = 0
         if backup is not None:
-            weights_path, global_step = backup
-            trainer.load_weights(weights_path)
+            try:
+                trainer.load_weights(backup["weights"])
+            except (ValueError, OSError) as exc:
+                raise TrainingError(f"{backup['weights']}: cannot restore the backup ({exc}); rerun with --fresh") from exc
+            bad = non_finite_weights(trainer, trainer.optimizer.variables)
+            if bad:
+                raise TrainingError(f"{backup['weights']}: the backup holds non-finite weights ({bad[0]}, ...); "
+                                    "rerun with --fresh to start again")
             global_step = int(trainer.optimizer.iterations.numpy())
-            log.info("resuming from %s at step %d (epoch %d)", weights_path, global_step, global_step // steps_per_epoch + 1)
+            log.info("resuming from %s at step %d (epoch %d)", backup["weights"], global_step, global_step // steps_per_epoch + 1)
 
     if global_step >= total_steps:
         log.info("run already complete (%d/%d steps)", global_step, total_steps)
 
-    logs_dir = os.path.join(model_dir, "logs")
-    callbacks = [
-        keras.callbacks.TerminateOnNaN(),
-        cb.StepBackup(backup_dir, save_freq=tcfg.backup_save_freq, write=chief),
-        cb.InferenceCheckpoint(
-            network, os.path.join(model_dir, BEST_WEIGHTS), os.path.join(model_dir, LAST_WEIGHTS), write=chief
-        ),
-    ]
+    # From here on the run directory is written.
+    best = None
     if chief:
-        callbacks += [
-            keras.callbacks.CSVLogger(os.path.join(model_dir, "training_log.csv"), append=True),
-            keras.callbacks.TensorBoard(logs_dir, write_graph=False, update_freq="epoch", profile_batch=0),
-        ]
-        if val_ds is not None and tcfg.image_summaries:
-            images, labels = _first_examples(val_ds, tcfg.image_summaries)
-            if images is not None:
-                mean, std = normalization
-                callbacks.append(cb.ImageSummaries(network, images, labels, logs_dir, mean, std))
+        if fresh:
+            _discard_run(model_dir)
+        os.makedirs(model_dir, exist_ok=True)
+        _remove_stale_temporaries(model_dir)
+        cb.remove_stale_backups(backup_dir, keep=backup["dir"] if backup else None)
+        config_path = os.path.join(model_dir, CONFIG_NAME)
+        with writing(config_path):
+            save_config(cfg, config_path)
+    if backup is not None:
+        best = backup.get("best") or cb.best_from_csv(os.path.join(model_dir, cb.METRICS_CSV), "val_miou")
+        if chief:
+            cb.complete_epoch(network, model_dir, backup)  # writes a kill may have cut off
+
+    logs_dir = os.path.join(model_dir, "logs")
+    checkpointer = cb.RunCheckpointer(network, model_dir, save_freq=tcfg.backup_save_freq, best=best, write=chief)
+    if backup is not None:
+        checkpointer.last_backup_step = global_step
+    callbacks = [checkpointer]
+    if chief:
+        callbacks.append(keras.callbacks.TensorBoard(logs_dir, write_graph=False, update_freq="epoch", profile_batch=0))
 
     fit_kwargs = dict(
         validation_data=val_ds, validation_steps=tcfg.validation_steps, validation_freq=tcfg.validation_freq,
         callbacks=callbacks,
+        shuffle=False,  # the tf.data pipeline shuffles; Keras would warn that it ignores shuffle=True
         verbose="auto" if chief else 0,
     )
     started = time.time()
     history: dict = {}
     epoch, step_in_epoch = divmod(global_step, steps_per_epoch)
-    if step_in_epoch and epoch < tcfg.epochs:
-        # Finish the interrupted epoch first, then continue with whole epochs.
-        h = trainer.fit(train_ds, initial_epoch=epoch, epochs=epoch + 1,
-                        steps_per_epoch=steps_per_epoch - step_in_epoch, **fit_kwargs)
-        history.update({k: list(v) for k, v in h.history.items()})
-        epoch += 1
-    if epoch < tcfg.epochs:
-        h = trainer.fit(train_ds, initial_epoch=epoch, epochs=tcfg.epochs, steps_per_epoch=steps_per_epoch, **fit_kwargs)
-        for k, v in h.history.items():
-            history.setdefault(k, []).extend(v)
+    with _naming_bad_data(cfg):
+        if chief and val_ds is not None and tcfg.image_summaries:
+            images, labels = _first_examples(val_ds, tcfg.image_summaries)
+            if images is not None:
+                mean, std = normalization
+                callbacks.append(cb.ImageSummaries(network, images, labels, logs_dir, mean, std))
+        if step_in_epoch and epoch < tcfg.epochs:
+            # Finish the interrupted epoch first, then continue with whole epochs.
+            h = trainer.fit(train_ds, initial_epoch=epoch, epochs=epoch + 1,
+                            steps_per_epoch=steps_per_epoch - step_in_epoch, **fit_kwargs)
+            history.update({k: list(v) for k, v in h.history.items()})
+            epoch += 1
+        if epoch < tcfg.epochs:
+            h = trainer.fit(train_ds, initial_epoch=epoch, epochs=tcfg.epochs, steps_per_epoch=steps_per_epoch, **fit_kwargs)
+            for k, v in h.history.items():
+                history.setdefault(k, []).extend(v)
 
     summary = {
         "model_dir": os.path.abspath(model_dir),
@@ -198,10 +339,20 @@ def train(cfg: ExperimentConfig, fresh: bool = False, require_resume: bool = Fal
         "seconds": round(time.time() - started, 1),
         "history": {k: [float(x) for x in v] for k, v in history.items()},
     }
+    bad = non_finite_weights(network)
+    if bad:  # the checkpointer stops a diverging run first; this guards model.keras on its own
+        raise TrainingFailed(f"training diverged: {bad[0]} is not finite; model.keras was not written")
     if chief:
-        with atomic_path(os.path.join(model_dir, FINAL_MODEL), suffix=".keras") as tmp:
-            network.save(tmp)
-        if not os.path.isfile(os.path.join(model_dir, LAST_WEIGHTS)):
-            cb.save_weights_atomic(network, os.path.join(model_dir, LAST_WEIGHTS))
-        atomic_write_text(os.path.join(model_dir, "train_summary.json"), json.dumps(summary, indent=2))
+        path = os.path.join(model_dir, FINAL_MODEL)
+        with writing(path):
+            cb.ensure_free_space(path, network.weights)
+            with atomic_path(path, suffix=".keras") as tmp:
+                network.save(tmp)
+        path = os.path.join(model_dir, LAST_WEIGHTS)
+        if not os.path.isfile(path):
+            with writing(path):
+                cb.save_weights_atomic(network, path)
+        path = os.path.join(model_dir, SUMMARY_NAME)
+        with writing(path):
+            atomic_write_text(path, json.dumps(summary, indent=2))
     return summary

@@ -9,7 +9,6 @@ import numpy as np
 
 from gscnn_tf import labels as label_tables
 from gscnn_tf.utils.atomic import atomic_path
-from gscnn_tf.utils.permissions import follow_umask
 
 
 def color_mask(classes: np.ndarray) -> np.ndarray:
@@ -55,4 +54,3 @@ def write_png(path: str, image: np.ndarray) -> None:
     with atomic_path(path, suffix=".png") as tmp:
         if not cv2.imwrite(tmp, image):
             raise OSError(f"{path}: could not write PNG")
-        follow_umask(tmp)  # the temporary file is private; the published PNG is not

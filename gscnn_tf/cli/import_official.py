@@ -101,10 +101,6 @@ def main(argv=None) -> int:
     }
     try:
         with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
-            # The temporary directory is private (0700); give the run directory the usual mode.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o777 & ~umask)
             save_config(cfg, os.path.join(tmp, CONFIG_NAME))
             os.makedirs(os.path.join(tmp, os.path.dirname(BEST_WEIGHTS)))
             model.save_weights(os.path.join(tmp, BEST_WEIGHTS))

@@ -61,7 +61,6 @@ from gscnn_tf.data.cityscapes import (
     validate_samples,
 )
 from gscnn_tf.utils.atomic import atomic_path, atomic_write_text
-from gscnn_tf.utils.permissions import follow_umask
 
 log = logging.getLogger(__name__)
 
@@ -224,11 +223,6 @@ def discover_folder(images_dir: str, labels_dir: Optional[str], label_suffix: st
 
 
 # --------------------------------------------------------------------------- records
-def _make_readable(path: str) -> None:
-    """Temporary files are created 0600; published artefacts get the usual umask mode."""
-    follow_umask(path)
-
-
 def _image_format(ref: FileRef) -> str:
     ext = os.path.splitext(ref.basename)[1].lower()
     return "jpeg" if ext in (".jpg", ".jpeg") else ext.lstrip(".") or "png"
@@ -284,7 +278,6 @@ def write_shard(path: str, samples: Sequence[Sample], lut: np.ndarray, known: np
                         on_record(i)
             digest = sha256_file(tmp)
             size = os.path.getsize(tmp)
-            _make_readable(tmp)
     except (OSError, tf.errors.OpError) as e:  # input errors are ConversionErrors already
         raise _write_error(path, e) from None
     return {"file": os.path.basename(path), "num_examples": len(samples), "sha256": digest, "bytes": size}
@@ -633,7 +626,6 @@ def _convert_split(samples, out_dir, split, mapping, num_shards, workers, source
         "shards": [results[i] for i in range(num_shards)],
     }
     _write_json(manifest_path(write_dir, split), manifest)
-    _make_readable(manifest_path(write_dir, split))
     if replacing:
         try:
             _publish_staged(out_dir, split)

@@ -61,9 +61,9 @@ import numpy as np
 import tensorflow as tf
 
 from gscnn_tf import labels as label_tables
+from gscnn_tf.checkpoints import non_finite_weights
 from gscnn_tf.config import ExperimentConfig, config_to_dict, save_config
-from gscnn_tf.utils.atomic import atomic_directory
-from gscnn_tf.utils.permissions import follow_umask_tree
+from gscnn_tf.utils.atomic import atomic_directory, is_temporary_name
 from gscnn_tf.utils.serving_limits import DEFAULT_CHUNK_PIXELS, DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_PIXELS
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,6 @@ CLASSES_FILL = 255  # `classes` value outside an image's own area in a mixed-siz
 LABELS_ASSET = "labels.json"
 CONFIG_ASSET = "config.yaml"
 PAD_MODES = ("edge", "mean")
-EXPORT_TEMP_RE = re.compile(r"^\.(\d+\.[A-Za-z0-9_]+\.tmp(\.old)?|gscnn_export_assets\.[A-Za-z0-9_]+\.tmp)$")
 
 
 class ExportError(RuntimeError):
@@ -598,11 +597,9 @@ def export_saved_model(
 
 def check_finite_weights(model, source: str) -> None:
     """Raises :class:`ExportError` naming ``source`` and the first weights holding NaN or Inf."""
-    # One variable at a time, in its own dtype (integer counters are always finite).
-    bad = [w for w in model.weights
-           if tf.as_dtype(w.dtype).is_floating and not bool(tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(w))))]
+    bad = non_finite_weights(model)
     if bad:
-        names = ", ".join(w.path if hasattr(w, "path") else w.name for w in bad[:3])
+        names = ", ".join(bad[:3])
         raise ExportError(f"{source}: {len(bad)} of {len(model.weights)} weight tensors hold NaN or Inf ({names}"
                           f"{', ...' if len(bad) > 3 else ''}); the training diverged: export an earlier checkpoint "
                           "(e.g. the run's best weights) or retrain")
@@ -636,7 +633,7 @@ def remove_stale_export_temps(export_dir: str) -> list:
     removed = []
     for name in sorted(os.listdir(export_dir)):
         path = os.path.join(export_dir, name)
-        if EXPORT_TEMP_RE.match(name) and os.path.isdir(path) and not os.path.islink(path):
+        if is_temporary_name(name) and os.path.isdir(path) and not os.path.islink(path):
             logger.warning("removing %s (left by an interrupted export)", path)
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
@@ -693,7 +690,6 @@ def _export_locked(model, config, export_dir, version, overwrite, with_probabili
                 warmup_lib.write_warmup_requests(tmp, samples, model_name=model_name)
             if verify:
                 _verify(tmp, module, samples)
-            follow_umask_tree(tmp)  # mkdtemp made it 0700: TF Serving may run as another user
     logger.info("exported %s", target)
     return target
 

@@ -1,0 +1,397 @@
+"""TensorFlow-backend speed: dilated convs, training step, inference, input pipeline; old vs new.
+
+Keras' TensorFlow backend, on whatever TensorFlow sees (CPU here; a GPU where present).
+Every case runs in its own process with ``--threads`` intra- and inter-op threads. Inside
+a case the **old** path (Keras' dilated convolution: ``space_to_batch`` + an undilated
+conv, ``gscnn_tf.layers.dilated_conv.set_native_dilated_conv(False)``) and the **new**
+path (TensorFlow's native dilated kernels) are two ``tf.function`` traces of the same model
+with the same weights; their repetitions alternate (old, new, old, new, ...), so load from
+other processes hits both alike. Ratios are medians of the per-pair ratios.
+
+Cases (``--cases``; ``MODEL`` is ``r50`` = ResNet-50 OS8, 19 classes, or ``demo`` =
+``configs/cpu_demo.yaml``'s MobileNetV2 x0.35 model):
+
+* ``conv-r{RATE}``: one ASPP atrous conv on its real shape, forward + gradients (input and
+  kernel): 2048 -> 256 channels, 3x3, on the stride-8 map of a 512x512 crop (1x64x64).
+* ``train-{gscnn,deeplab}-MODEL``: ``GSCNNTrainer.train_step`` (what ``model.fit`` runs:
+  forward, the loss terms, backward, SGD with coupled weight decay); r50: 2 x 256x512,
+  demo: 4 x 128x256 (the demo's batch and crop).
+* ``infer-{gscnn,deeplab}-MODEL``: the inference network, r50: 1 x 512x1024, demo: 1 x 256x512.
+* ``input-MODEL``: the training input pipeline (``bench/bench_input_pipeline.py``'s
+  records and timer, full pipeline) at that case's batch and crop: the images/s the
+  data side can deliver next to the step's.
+
+Append ``-xla`` to a train/infer case for ``jit_compile=True``. FLOPs are counted from
+the traced graph (the new path's): multiply-adds x 2 of every Conv2D, its two backprop
+ops, depthwise convs and matmuls, from their static shapes; elementwise ops are not
+counted. The matmul peak is measured in each case's process (best of float32 4096x4096
+matmuls with the case's threads), so "of peak" compares like with like.
+
+    python bench/bench_train_step.py --out bench/results/train_step_cpu.jsonl   # default cases
+    python bench/bench_train_step.py --cases conv-r36 train-gscnn-demo --threads 2 --reps 3
+    python bench/bench_train_step.py --table bench/results/train_step_cpu.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CASES = (
+    "conv-r12:2", "conv-r36:2", "conv-r12:1", "conv-r36:1",
+    "train-gscnn-r50:2", "train-gscnn-r50:1", "infer-gscnn-r50:1",
+    "train-gscnn-demo:2", "train-gscnn-demo-xla:2", "infer-gscnn-demo:2",
+    "input-r50:2", "input-demo:2",
+)
+SIZES = {  # model -> (train batch, train H, W, inference H, W)
+    "r50": (2, 256, 512, 512, 1024),
+    "demo": (4, 128, 256, 256, 512),
+}
+CONV_FLOP_OPS = ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter")
+
+
+# --------------------------------------------------------------------------- graph FLOPs
+
+def graph_flops(graph) -> int:
+    """2 x multiply-adds of the convolutions and matmuls in ``graph`` (static shapes).
+
+    Conv2D: 2 * |output| * kh * kw * C_in; its backprop ops do the same work (one output-
+    and one kernel-sized product), so they count the same. Depthwise: 2 * |output| * kh * kw.
+    Functions called from the graph (``PartitionedCall``) are not entered; :func:`main`
+    reports the count of such calls so a reader knows whether anything was missed.
+    """
+    total = 0
+    for op in graph.get_operations():
+        try:
+            if op.type in CONV_FLOP_OPS:
+                # Shapes of (input, kernel, output) of the forward conv this op belongs to.
+                if op.type == "Conv2D":
+                    out, kernel = op.outputs[0].shape, op.inputs[1].shape
+                elif op.type == "Conv2DBackpropInput":
+                    out, kernel = op.inputs[2].shape, op.inputs[1].shape  # out_backprop
+                else:
+                    out, kernel = op.inputs[2].shape, op.outputs[0].shape
+                total += 2 * out.num_elements() * kernel[0] * kernel[1] * kernel[2]
+            elif op.type == "DepthwiseConv2dNative":
+                out, kernel = op.outputs[0].shape, op.inputs[1].shape
+                total += 2 * out.num_elements() * kernel[0] * kernel[1]
+            elif op.type in ("MatMul", "BatchMatMulV2", "BatchMatMulV3"):
+                a, b = op.inputs[0].shape, op.inputs[1].shape
+                ta = op.get_attr("transpose_a") if op.type == "MatMul" else op.get_attr("adj_x")
+                k = a[-2] if ta else a[-1]
+                total += 2 * op.outputs[0].shape.num_elements() * k
+        except (TypeError, ValueError):  # an unknown dimension: not countable
+            continue
+    return int(total)
+
+
+def _function_calls(graph) -> int:
+    return sum(op.type in ("PartitionedCall", "StatefulPartitionedCall") for op in graph.get_operations())
+
+
+# --------------------------------------------------------------------------- timing helpers
+
+def matmul_peak_gflops(n=4096, reps=5) -> float:
+    """Best float32 n x n matmul rate in GFLOP/s with this process's threads."""
+    import tensorflow as tf
+
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    mm = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    mm().numpy()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        mm().numpy()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def interleaved(fns: dict, reps: int) -> dict:
+    """Times each callable ``reps`` times, alternating between them; seconds per call."""
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def _sync(result):
+    """Waits for a result (nested structure of tensors) by reading one scalar from each."""
+    import tensorflow as tf
+
+    for t in tf.nest.flatten(result):
+        if hasattr(t, "numpy"):
+            t.numpy() if t.shape.rank == 0 else tf.reduce_sum(t[..., :1]).numpy()
+
+
+def _old_and_new(make_fn, reps: int) -> dict:
+    """Traces ``make_fn()`` once per path (the switch is read at trace time), warms up, times."""
+    from gscnn_tf.layers.dilated_conv import set_native_dilated_conv
+
+    fns, first = {}, {}
+    for name, native in (("old", False), ("new", True)):
+        set_native_dilated_conv(native)
+        fn, call = make_fn()
+        t = time.perf_counter()
+        _sync(call())  # trace (+ compile) + first call
+        first[name] = time.perf_counter() - t
+        fns[name] = (fn, call)
+    set_native_dilated_conv(True)
+    for name in fns:  # a second untimed call each: allocator and caches warm
+        _sync(fns[name][1]())
+    times = interleaved({name: (lambda c=fns[name][1]: _sync(c())) for name in fns}, reps)
+    return {"first_s": first, "times": times, "fn_new": fns["new"][0]}
+
+
+# --------------------------------------------------------------------------- cases
+
+def _model_config(model: str, shape_stream: bool):
+    from gscnn_tf.config import ModelConfig, load_config
+
+    if model == "demo":
+        cfg = load_config(os.path.join(ROOT, "configs", "cpu_demo.yaml")).model
+        cfg.shape_stream = shape_stream
+        cfg.sync_batchnorm = False
+        return cfg
+    return ModelConfig(backbone="resnet50", output_stride=8, num_classes=19, pretrained=None,
+                       shape_stream=shape_stream, sync_batchnorm=False)
+
+
+def _labels(batch, height, width, seed=0):
+    import numpy as np
+
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from bench_model_gpu import _street_like_labels
+
+    return _street_like_labels(batch, height, width, seed)
+
+
+def run_conv(rate: int, reps: int) -> dict:
+    import numpy as np
+    import tensorflow as tf
+
+    from gscnn_tf.layers import dilated_conv
+
+    x = tf.constant(np.random.default_rng(0).standard_normal((1, 64, 64, 2048)).astype("float32"))
+    layer = dilated_conv.Conv2D(256, 3, padding="same", dilation_rate=rate, use_bias=False)
+    layer.build(x.shape)
+
+    def make():
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x)
+                loss = tf.reduce_sum(y * y)
+            return tape.gradient(loss, [x, layer.kernel])
+
+        return step, step
+
+    res = _old_and_new(make, reps)
+    graph = res["fn_new"].get_concrete_function().graph
+    return {"res": res, "flops": graph_flops(graph), "calls": _function_calls(graph), "shape": "1x64x64x2048->256"}
+
+
+def run_model(kind: str, arch: str, model: str, xla: bool, reps: int) -> dict:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from gscnn_tf.model import build_gscnn
+
+    cfg = _model_config(model, arch == "gscnn")
+    batch, th, tw, ih, iw = SIZES[model]
+    keras.utils.set_random_seed(0)
+    network = build_gscnn(cfg)
+    rng = np.random.default_rng(0)
+    if kind == "infer":
+        batch, h, w = 1, ih, iw
+        x = tf.constant(rng.normal(0, 1, (1, h, w, 3)).astype("float32"))
+
+        def make():
+            fn = tf.function(lambda image: network(image, training=False), jit_compile=xla)
+            return fn, lambda: fn(x)
+
+        res = _old_and_new(make, reps)
+        graph = res["fn_new"].get_concrete_function(x).graph
+    else:
+        from gscnn_tf.config import LossConfig
+        from gscnn_tf.training.optimizer import CoupledWeightDecaySGD
+        from gscnn_tf.training.trainer import GSCNNTrainer
+
+        h, w = th, tw
+        x = tf.constant(rng.normal(0, 1, (batch, h, w, 3)).astype("float32"))
+        label, boundary = _labels(batch, h, w)
+        y = {"label": tf.constant(label), "boundary": tf.constant(boundary)}
+        trainer = GSCNNTrainer(network, LossConfig(), cfg.num_classes, use_edge_terms=(arch == "gscnn"), seed=0)
+        trainer.compile(optimizer=CoupledWeightDecaySGD(learning_rate=1e-3, momentum=0.9, l2_weight_decay=1e-4))
+        trainer.optimizer.build(trainer.trainable_variables)
+
+        def make():
+            fn = tf.function(lambda data: trainer.train_step(data), jit_compile=xla)
+            return fn, lambda: fn((x, y))
+
+        res = _old_and_new(make, reps)
+        graph = res["fn_new"].get_concrete_function((x, y)).graph
+    return {"res": res, "flops": graph_flops(graph), "calls": _function_calls(graph),
+            "params": int(network.count_params()), "batch": batch, "height": h, "width": w}
+
+
+def run_input(model: str, threads: int) -> dict:
+    import tensorflow as tf
+
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from bench_input_pipeline import time_dataset, write_records
+
+    from gscnn_tf.backbones import normalization_for
+    from gscnn_tf.config import DataConfig
+    from gscnn_tf.data import pipeline
+
+    batch, th, tw, _, _ = SIZES[model]
+    # Cityscapes' aspect ratio at twice the crop, so random scaling and cropping both act.
+    with tempfile.TemporaryDirectory(prefix="bench_step_input_") as root:
+        pattern = write_records(root, 16, 2 * th, 2 * tw, 4)
+        cfg = DataConfig(train_pattern=pattern, crop_size=[th, tw], shuffle_buffer=16)
+        backbone = "resnet50" if model == "r50" else "mobilenetv2"
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = threads
+        ds = pipeline.build_train_dataset(cfg, batch, normalization_for(backbone), seed=0, repeat=True)
+        ds = ds.with_options(options)
+        rates = [time_dataset(ds, batch, 2, 16 * batch)[0] for _ in range(3)]
+    return {"images_per_s": max(rates), "batch": batch, "height": th, "width": tw}
+
+
+def run_case(case: str, threads: int, reps: int) -> dict:
+    """Runs one case in this process and returns its record (parent: one process per case)."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    sys.path.insert(0, ROOT)
+    devices = tf.config.list_physical_devices("GPU")
+    record = {
+        "case": case, "threads": threads, "tf": tf.__version__,
+        "device": devices[0].name if devices else f"CPU ({os.cpu_count()} cores, {platform.machine()})",
+    }
+    parts = case.split("-")
+    kind = parts[0]
+    if kind == "input":
+        record.update(run_input(parts[1], threads))
+        return record
+    record["peak_gflops"] = round(matmul_peak_gflops(), 1)
+    if kind == "conv":
+        out = run_conv(int(parts[1][1:]), reps)
+    else:
+        arch, model, xla = parts[1], parts[2], parts[-1] == "xla"
+        record.update(arch=arch, model=model, xla=xla)
+        out = run_model(kind, arch, model, xla, reps)
+    res = out.pop("res")
+    record.update(out)
+    times = res["times"]
+    med = {k: statistics.median(v) for k, v in times.items()}
+    pair = statistics.median(o / n for o, n in zip(times["old"], times["new"]))
+    record.update(
+        kind=kind, reps=reps, first_s={k: round(v, 2) for k, v in res["first_s"].items()},
+        old_s=round(med["old"], 4), new_s=round(med["new"], 4), speedup=round(pair, 3),
+        old_times=[round(t, 4) for t in times["old"]], new_times=[round(t, 4) for t in times["new"]],
+        gflops=round(record["flops"] / 1e9, 2),
+        achieved_gflops=round(record["flops"] / med["new"] / 1e9, 1),
+    )
+    record["of_peak"] = round(record["achieved_gflops"] / record["peak_gflops"], 3)
+    if kind in ("train", "infer"):
+        record["images_per_s_old"] = round(record["batch"] / med["old"], 3)
+        record["images_per_s_new"] = round(record["batch"] / med["new"], 3)
+    return record
+
+
+# --------------------------------------------------------------------------- parent
+
+def _run_in_subprocess(case: str, threads: int, reps: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", case, "--threads", str(threads), "--reps", str(reps)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"case": case, "threads": threads, "error": proc.stderr[-2000:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table(records) -> str:
+    lines = [
+        "| case | threads | XLA | shape | old s | new s | new / old speed-up | images/s (old -> new) | GFLOP | of matmul peak (GFLOP/s) |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    inputs = []
+    for r in records:
+        if "error" in r:
+            lines.append(f"| {r['case']} | {r['threads']} | | failed | | | | | | |")
+            continue
+        if r["case"].startswith("input"):
+            inputs.append(r)
+            continue
+        shape = r.get("shape") or f"{r['batch']}x{r['height']}x{r['width']}"
+        ips = (f"{r['images_per_s_old']:.2f} -> {r['images_per_s_new']:.2f}" if "images_per_s_new" in r else "")
+        lines.append(
+            f"| {r['case']} | {r['threads']} | {'on' if r.get('xla') else 'off'} | {shape} | {r['old_s']:.3f} | "
+            f"{r['new_s']:.3f} | **{r['speedup']:.2f}x** | {ips} | {r['gflops']:.1f} | "
+            f"{100 * r['of_peak']:.0f} % ({r['achieved_gflops']:.0f} of {r['peak_gflops']:.0f}) |"
+        )
+    for r in inputs:
+        lines.append(f"\nInput pipeline ({r['case']}, batch {r['batch']}, crop {r['height']}x{r['width']}, "
+                     f"{r['threads']} tf.data threads): {r['images_per_s']:.1f} images/s")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES),
+                        help="cases, each CASE or CASE:THREADS (default: a ~15 minute CPU set; see above)")
+    parser.add_argument("--threads", type=int, default=2, help="threads of cases given without :THREADS")
+    parser.add_argument("--reps", type=int, default=3, help="timed repetitions per path (alternating old/new)")
+    parser.add_argument("--out", help="append one JSON record per case to this .jsonl file")
+    parser.add_argument("--table", metavar="JSONL", help="only print the Markdown table of a results file")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.table:
+        with open(args.table) as f:
+            print(table([json.loads(line) for line in f if line.strip()]))
+        return 0
+    if args.worker:
+        print(json.dumps(run_case(args.worker, args.threads, args.reps)))
+        return 0
+
+    records = []
+    start = time.perf_counter()
+    for i, spec in enumerate(args.cases):
+        case, _, threads = spec.partition(":")
+        threads = int(threads or args.threads)
+        t = time.perf_counter()
+        print(f"[{i + 1}/{len(args.cases)}] {case}, {threads} thread(s) ...", file=sys.stderr, flush=True)
+        record = _run_in_subprocess(case, threads, args.reps)
+        record["load_avg_1min"] = round(os.getloadavg()[0], 2)
+        records.append(record)
+        summary = record.get("error", "").strip().splitlines()[-1:] or [
+            f"speed-up {record['speedup']}x" if "speedup" in record else f"{record.get('images_per_s', 0):.1f} images/s"]
+        print(f"    {time.perf_counter() - t:.0f} s: {summary[0]}", file=sys.stderr, flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(record) + "\n")
+    print(f"total {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    print(table(records))
+    return 1 if any("error" in r for r in records) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

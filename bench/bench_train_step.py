@@ -17,6 +17,9 @@ Cases (``--cases``; ``MODEL`` is ``r50`` = ResNet-50 OS8, 19 classes, or ``demo`
   forward, the loss terms, backward, SGD with coupled weight decay); r50: 2 x 256x512,
   demo: 4 x 128x256 (the demo's batch and crop).
 * ``infer-{gscnn,deeplab}-MODEL``: the inference network, r50: 1 x 512x1024, demo: 1 x 256x512.
+* ``parts-MODEL``: a profile of the (new) Gated-SCNN training step by component: the
+  whole step, the network forward, forward + backward, each loss term with its gradient,
+  the Canny layer (:func:`run_parts`).
 * ``input-MODEL``: the training input pipeline (``bench/bench_input_pipeline.py``'s
   records and timer, full pipeline) at that case's batch and crop: the images/s the
   data side can deliver next to the step's.
@@ -134,14 +137,20 @@ def _sync(result):
             t.numpy() if t.shape.rank == 0 else tf.reduce_sum(t[..., :1]).numpy()
 
 
-def _old_and_new(make_fn, reps: int) -> dict:
-    """Traces ``make_fn()`` once per path (the switch is read at trace time), warms up, times."""
+def _old_and_new(make_fn, reps: int, extra=None) -> dict:
+    """Traces ``make_fn()`` once per path (the switch is read at trace time), warms up, times.
+
+    ``extra``: more variants ``{name: make_fn}``, traced with the native path on and timed in
+    the same rotation.
+    """
     from gscnn_tf.layers.dilated_conv import set_native_dilated_conv
 
+    variants = [("old", False, make_fn), ("new", True, make_fn)]
+    variants += [(name, True, make) for name, make in (extra or {}).items()]
     fns, first = {}, {}
-    for name, native in (("old", False), ("new", True)):
+    for name, native, make in variants:
         set_native_dilated_conv(native)
-        fn, call = make_fn()
+        fn, call = make()
         t = time.perf_counter()
         _sync(call())  # trace (+ compile) + first call
         first[name] = time.perf_counter() - t
@@ -186,20 +195,28 @@ def run_conv(rate: int, reps: int) -> dict:
     layer = dilated_conv.Conv2D(256, 3, padding="same", dilation_rate=rate, use_bias=False)
     layer.build(x.shape)
 
-    def make():
+    def make(conv=None):
         @tf.function
         def step():
             with tf.GradientTape() as tape:
                 tape.watch(x)
-                y = layer(x)
+                y = layer(x) if conv is None else conv(x, layer.kernel)
                 loss = tf.reduce_sum(y * y)
             return tape.gradient(loss, [x, layer.kernel])
 
         return step, step
 
-    res = _old_and_new(make, reps)
+    # The native forward with TensorFlow's own kernel gradient (Conv2DBackpropFilter with
+    # dilation): the step between old and new, to show what the tap-wise gradient adds.
+    tf_grad = lambda t, k: tf.nn.conv2d(t, k, 1, "SAME", dilations=rate)  # noqa: E731
+    res = _old_and_new(make, reps, extra={"native_tf_grad": lambda: make(tf_grad)})
+    times = res["times"]
+    extra = {"native_tf_grad_s": round(statistics.median(times["native_tf_grad"]), 4),
+             "speedup_native_tf_grad": round(statistics.median(
+                 o / n for o, n in zip(times["old"], times["native_tf_grad"])), 3)}
     graph = res["fn_new"].get_concrete_function().graph
-    return {"res": res, "flops": graph_flops(graph), "calls": _function_calls(graph), "shape": "1x64x64x2048->256"}
+    return {"res": res, "flops": graph_flops(graph), "calls": _function_calls(graph), "shape": "1x64x64x2048->256",
+            **extra}
 
 
 def run_model(kind: str, arch: str, model: str, xla: bool, reps: int) -> dict:
@@ -247,6 +264,80 @@ def run_model(kind: str, arch: str, model: str, xla: bool, reps: int) -> dict:
             "params": int(network.count_params()), "batch": batch, "height": h, "width": w}
 
 
+def run_parts(model: str, reps: int) -> dict:
+    """Profile of the new path's Gated-SCNN training step, one component at a time (seconds).
+
+    step: the whole ``train_step``; forward: the network in training mode; forward+backward:
+    the network's gradient of a stand-in loss (sum of outputs); loss-*: each loss term's
+    value and gradient with respect to fixed network outputs; canny: the Canny layer.
+    """
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from gscnn_tf.config import LossConfig
+    from gscnn_tf.layers.canny import CannyEdges
+    from gscnn_tf.losses import GSCNNLoss
+    from gscnn_tf.model import build_gscnn
+    from gscnn_tf.training.optimizer import CoupledWeightDecaySGD
+    from gscnn_tf.training.trainer import GSCNNTrainer
+
+    cfg = _model_config(model, True)
+    batch, h, w, _, _ = SIZES[model]
+    keras.utils.set_random_seed(0)
+    network = build_gscnn(cfg)
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(0, 1, (batch, h, w, 3)).astype("float32"))
+    label, boundary = _labels(batch, h, w)
+    y = {"label": tf.constant(label), "boundary": tf.constant(boundary)}
+    trainer = GSCNNTrainer(network, LossConfig(), cfg.num_classes, use_edge_terms=True, seed=0)
+    trainer.compile(optimizer=CoupledWeightDecaySGD(learning_rate=1e-3, momentum=0.9, l2_weight_decay=1e-4))
+    trainer.optimizer.build(trainer.trainable_variables)
+    outputs = {k: tf.constant(v) for k, v in network(x, training=False).items()}
+    loss = GSCNNLoss(LossConfig(), dual_task_seed=0)
+    variables = network.trainable_variables
+
+    def forward_backward():
+        with tf.GradientTape() as tape:
+            out = network(x, training=True)
+            total = tf.add_n([tf.reduce_sum(v) for v in out.values()])
+        return tape.gradient(total, variables)
+
+    def loss_grad(fn):
+        def run():
+            with tf.GradientTape() as tape:
+                tape.watch(outputs)
+                value = fn(y, outputs)
+            return value, tape.gradient(value, outputs)
+
+        return run
+
+    canny = next((layer for layer in network.layers if isinstance(layer, CannyEdges)), None)
+    parts = {
+        "step": lambda: trainer.train_step((x, y)),
+        "forward": lambda: network(x, training=True),
+        "forward+backward": forward_backward,
+        "loss-all (GSCNNLoss.terms, one CE)": loss_grad(lambda t, o: loss.total(loss.terms(t, o))),
+        # Before: every term computes its own CE (what GSCNNLoss.terms did until the CE was shared).
+        "loss-all, each term its own CE (before)": loss_grad(lambda t, o: loss.total({
+            "seg": loss.seg_loss.call(t, o), "edge_bce": loss.edge_loss.call(t, o),
+            "attention": loss.attention_loss.call(t, o), "dual_task": loss.dual_task_loss.call(t, o)})),
+        "loss-seg": loss_grad(loss.seg_loss),
+        "loss-attention": loss_grad(loss.attention_loss),
+        "loss-edge_bce": loss_grad(loss.edge_loss),
+        "loss-dual_task": loss_grad(loss.dual_task_loss),
+    }
+    if canny is not None:
+        parts["canny"] = lambda: canny(x)
+    fns = {name: tf.function(fn) for name, fn in parts.items()}
+    for fn in fns.values():
+        _sync(fn())
+        _sync(fn())
+    times = interleaved({name: (lambda f=fn: _sync(f())) for name, fn in fns.items()}, reps)
+    return {"parts_s": {name: round(statistics.median(t), 4) for name, t in times.items()},
+            "batch": batch, "height": h, "width": w}
+
+
 def run_input(model: str, threads: int) -> dict:
     import tensorflow as tf
 
@@ -288,6 +379,9 @@ def run_case(case: str, threads: int, reps: int) -> dict:
     if kind == "input":
         record.update(run_input(parts[1], threads))
         return record
+    if kind == "parts":
+        record.update(run_parts(parts[1], reps))
+        return record
     record["peak_gflops"] = round(matmul_peak_gflops(), 1)
     if kind == "conv":
         out = run_conv(int(parts[1][1:]), reps)
@@ -298,7 +392,7 @@ def run_case(case: str, threads: int, reps: int) -> dict:
     res = out.pop("res")
     record.update(out)
     times = res["times"]
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in times.items() if k in ("old", "new")}
     pair = statistics.median(o / n for o, n in zip(times["old"], times["new"]))
     record.update(
         kind=kind, reps=reps, first_s={k: round(v, 2) for k, v in res["first_s"].items()},
@@ -336,7 +430,7 @@ def table(records) -> str:
         if "error" in r:
             lines.append(f"| {r['case']} | {r['threads']} | | failed | | | | | | |")
             continue
-        if r["case"].startswith("input"):
+        if r["case"].startswith(("input", "parts")):
             inputs.append(r)
             continue
         shape = r.get("shape") or f"{r['batch']}x{r['height']}x{r['width']}"
@@ -346,7 +440,18 @@ def table(records) -> str:
             f"{r['new_s']:.3f} | **{r['speedup']:.2f}x** | {ips} | {r['gflops']:.1f} | "
             f"{100 * r['of_peak']:.0f} % ({r['achieved_gflops']:.0f} of {r['peak_gflops']:.0f}) |"
         )
+    for r in records:
+        if "speedup_native_tf_grad" in r:
+            lines.append(f"\n{r['case']} ({r['threads']} threads): native forward + TensorFlow's own kernel gradient "
+                         f"{r['native_tf_grad_s']:.3f} s, {r['speedup_native_tf_grad']:.2f}x over old; the tap-wise "
+                         f"kernel gradient makes it {r['speedup']:.2f}x.")
     for r in inputs:
+        if "parts_s" in r:
+            step = r["parts_s"]["step"]
+            lines.append(f"\nProfile ({r['case']}, {r['batch']}x{r['height']}x{r['width']}, {r['threads']} threads):\n")
+            lines.append("| component | s | of the step |\n|---|---:|---:|")
+            lines.extend(f"| {k} | {v:.3f} | {100 * v / step:.1f} % |" for k, v in r["parts_s"].items())
+            continue
         lines.append(f"\nInput pipeline ({r['case']}, batch {r['batch']}, crop {r['height']}x{r['width']}, "
                      f"{r['threads']} tf.data threads): {r['images_per_s']:.1f} images/s")
     return "\n".join(lines)
@@ -383,7 +488,8 @@ def main(argv=None) -> int:
         record["load_avg_1min"] = round(os.getloadavg()[0], 2)
         records.append(record)
         summary = record.get("error", "").strip().splitlines()[-1:] or [
-            f"speed-up {record['speedup']}x" if "speedup" in record else f"{record.get('images_per_s', 0):.1f} images/s"]
+            f"speed-up {record['speedup']}x" if "speedup" in record else
+            str(record.get("parts_s") or f"{record.get('images_per_s', 0):.1f} images/s")]
         print(f"    {time.perf_counter() - t:.0f} s: {summary[0]}", file=sys.stderr, flush=True)
         if args.out:
             with open(args.out, "a") as f:

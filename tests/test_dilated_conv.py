@@ -100,6 +100,31 @@ def test_conv_matches_numpy_and_keras_conv2d(rate, padding):
         _assert_close(a, b, 2e-6, f"{name} vs keras Conv2D")
 
 
+@pytest.mark.parametrize("trace", ["static", "dynamic", "xla"])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_conv_gradient_where_taps_fall_in_the_padding(trace, padding):
+    """Rate 24 on a map 9 high: whole rows of taps read only padding (skipped in the kernel
+    gradient when shapes are static); unknown spatial sizes and XLA give the same numbers."""
+    x = _rng(7).standard_normal((2, 9, 53, 5)).astype("float32")
+    new, old = _pair(DilatedConv2D, keras.layers.Conv2D, x.shape, filters=3, kernel_size=3, padding=padding,
+                     dilation_rate=(24, 2) if padding == "same" else (2, 24), use_bias=False)
+
+    def grads(layer):
+        def fn(t):
+            with tf.GradientTape() as tape:
+                tape.watch(t)
+                y = layer(t)
+                upstream = tf.reshape(tf.sin(tf.cast(tf.range(tf.size(y)), "float32")), tf.shape(y))
+                loss = tf.reduce_sum(y * upstream)
+            return [y] + tape.gradient(loss, [t, layer.kernel])
+
+        spec = tf.TensorSpec((None, None, None, 5) if trace == "dynamic" else x.shape, tf.float32)
+        return [v.numpy() for v in tf.function(fn, input_signature=[spec], jit_compile=trace == "xla")(x)]
+
+    for what, a, b in zip(["output", "d input", "d kernel"], grads(new), grads(old)):
+        _assert_close(a, b, 2e-6, f"{trace} {padding} {what}")
+
+
 @pytest.mark.parametrize("rate", RATES)
 @pytest.mark.parametrize("depth_multiplier", [1, 2])
 def test_depthwise_matches_numpy_and_keras_depthwise(rate, depth_multiplier):

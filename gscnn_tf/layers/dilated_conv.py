@@ -87,10 +87,85 @@ class Conv2D(keras.layers.Conv2D):
 
         inputs = tf.convert_to_tensor(inputs)
         kernel = tf.cast(tf.convert_to_tensor(kernel), inputs.dtype)
-        return tf.nn.conv2d(
-            inputs, kernel, strides=1, padding=_tf_padding(self.padding), data_format="NHWC",
-            dilations=list(self.dilation_rate),
-        )
+        return _native_conv2d(inputs, kernel, tuple(self.dilation_rate), _tf_padding(self.padding))
+
+
+def _native_conv2d(inputs, kernel, dilations, padding):
+    """``tf.nn.conv2d`` with dilation (stride 1), with a faster kernel gradient.
+
+    inputs (B, H, W, C_in), kernel (kh, kw, C_in, C_out) -> (B, H', W', C_out).
+    Forward and input gradient are TensorFlow's own (``Conv2D`` and
+    ``Conv2DBackpropInput`` with ``dilations``). The kernel gradient is one matmul per tap:
+    ``dK[i, j] = X_shifted(i, j)^T dY`` over the output pixels whose tap lands inside the
+    image. That is 1.6x faster than ``Conv2DBackpropFilter`` with dilation on oneDNN at the
+    ASPP's shapes (``bench/bench_train_step.py``), and a tap that lands only in the zero
+    padding (rate 36 on a 32-pixel-high map: 6 of 9 taps) costs nothing.
+    """
+    import tensorflow as tf
+
+    kh, kw = int(kernel.shape[0]), int(kernel.shape[1])
+    rh, rw = dilations
+    tf_dilations = [1, rh, rw, 1]
+
+    @tf.custom_gradient
+    def conv(x, k):
+        y = tf.nn.conv2d(x, k, strides=1, padding=padding, data_format="NHWC", dilations=tf_dilations)
+
+        def grad(dy):
+            dx = tf.raw_ops.Conv2DBackpropInput(
+                input_sizes=tf.shape(x), filter=k, out_backprop=dy, strides=[1, 1, 1, 1], padding=padding,
+                data_format="NHWC", dilations=tf_dilations,
+            )
+            return dx, _dilated_kernel_grad(x, dy, (kh, kw), (rh, rw), padding)
+
+        return y, grad
+
+    return conv(inputs, kernel)
+
+
+def _tap_range(offset, in_size, out_size):
+    """Output rows [lo, hi) whose input row ``row + offset`` lies in [0, in_size)."""
+    import tensorflow as tf
+
+    if isinstance(in_size, int) and isinstance(out_size, int):
+        lo, hi = max(0, -offset), min(out_size, in_size - offset)
+        return lo, max(lo, hi)
+    lo = tf.maximum(0, -offset)
+    return lo, tf.maximum(lo, tf.minimum(out_size, in_size - offset))
+
+
+def _dilated_kernel_grad(x, dy, kernel_hw, dilations, padding):
+    """Gradient of a stride-1 dilated conv with respect to its kernel; (kh, kw, C_in, C_out).
+
+    Tap (i, j) reads input pixel (y + i * rh - top, x + j * rw - left) for output pixel
+    (y, x), where (top, left) is TensorFlow's padding (SAME: half the dilated extent minus
+    one, the smaller half first; VALID: 0). Pixels read from the padding contribute 0.
+    """
+    import tensorflow as tf
+
+    (kh, kw), (rh, rw) = kernel_hw, dilations
+
+    def dim(t, axis):  # static when known, so empty taps are dropped while tracing
+        return t.shape[axis] if t.shape[axis] is not None else tf.shape(t)[axis]
+
+    in_h, in_w, out_h, out_w = dim(x, 1), dim(x, 2), dim(dy, 1), dim(dy, 2)
+    top = ((kh - 1) * rh) // 2 if padding == "SAME" else 0
+    left = ((kw - 1) * rw) // 2 if padding == "SAME" else 0
+    c_in, c_out = x.shape[-1], dy.shape[-1]
+    rows = []
+    for i in range(kh):
+        y0, y1 = _tap_range(i * rh - top, in_h, out_h)
+        row = []
+        for j in range(kw):
+            x0, x1 = _tap_range(j * rw - left, in_w, out_w)
+            if isinstance(y1, int) and isinstance(x1, int) and (y1 == y0 or x1 == x0):
+                row.append(tf.zeros((c_in, c_out), dy.dtype))
+                continue
+            xs = x[:, y0 + i * rh - top:y1 + i * rh - top, x0 + j * rw - left:x1 + j * rw - left, :]
+            ds = dy[:, y0:y1, x0:x1, :]
+            row.append(tf.matmul(tf.reshape(xs, (-1, c_in)), tf.reshape(ds, (-1, c_out)), transpose_a=True))
+        rows.append(tf.stack(row))
+    return tf.stack(rows)
 
 
 @keras.saving.register_keras_serializable(package="gscnn_tf")

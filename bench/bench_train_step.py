@@ -59,8 +59,7 @@ DEFAULT_CASES = (  # about 13 minutes on a shared 2-core CPU with --reps 2; EXTR
 EXTRA_CASES = (
     "train-deeplab-r50:2", "infer-deeplab-r50:1", "parts-r50:2", "input-r50:2",
     "train-gscnn-demo:2", "train-gscnn-demo-xla:2", "infer-gscnn-demo:2", "infer-gscnn-demo-xla:2", "input-demo:2",
-    "train-gscnn-r50-xla:2",
-)
+)  # train-gscnn-r50-xla works too, but its two XLA compilations took over 15 minutes on 2 cores
 SIZES = {  # model -> (train batch, train H, W, inference H, W)
     "r50": (2, 256, 512, 512, 1024),
     "demo": (4, 128, 256, 256, 512),

@@ -6,7 +6,8 @@ rate above 1 (outside a TPU) that wraps an undilated convolution in ``space_to_b
 ASPP's rates (12/24/36 at output stride 8), and the reshuffles themselves cost as much as a
 pass over the data, forward and backward, on CPU and GPU alike. ``tf.nn.conv2d`` and the
 ``DepthwiseConv2dNative`` op take ``dilations`` directly and run one dilated kernel
-(oneDNN on CPU, cuDNN on GPU) on the unpadded map.
+(oneDNN on CPU; cuDNN on a GPU, not tested here) on the unpadded map. The kernel gradient
+of the dense conv is written as one matmul per tap (see :func:`_native_conv2d`).
 
 :class:`Conv2D` and :class:`DepthwiseConv2D` here are Keras' ``Conv2D`` /
 ``DepthwiseConv2D`` with that one difference. They have the same variables (names, shapes),
@@ -15,12 +16,13 @@ files and checkpoints written with the Keras layers load unchanged. They keep Ke
 names on purpose: Keras' ``.weights.h5`` files key the layers of a model by the snake-cased
 class name (``conv2d_7``), so a renamed subclass would not find its weights
 (``gscnn_tf>Conv2D`` is their registered name for ``.keras`` files).
-Compute dtypes float32 and bfloat16 (mixed_bfloat16) take the native path; float16 does
-not, because TensorFlow's CPU ``Conv2DBackpropInput`` refuses dilation in float16. The native path is taken
-only where it applies: the TensorFlow backend, a dilation rate above 1, stride 1 (Keras
-refuses strides together with dilation for ``Conv2D`` anyway), channels-last, ungrouped
-(for the depthwise layer also: 'same' padding, odd kernel, depth multiplier 1, because
-its gradient is written here: TensorFlow's CPU depthwise backprop kernels ignore dilation).
+
+The native path is taken only where it applies: the TensorFlow backend, a dilation rate
+above 1, stride 1 (Keras refuses strides together with dilation for ``Conv2D`` anyway),
+channels-last, ungrouped, compute dtype float32 or bfloat16 (float16 is left to Keras'
+op: TensorFlow's CPU ``Conv2DBackpropInput`` refuses dilation in float16); for the
+depthwise layer also 'same' padding, an odd kernel and depth multiplier 1, because its
+gradient is written here (TensorFlow's CPU depthwise backprop kernels ignore dilation).
 Everything else, and every other backend (JAX compiles dilation natively through XLA),
 runs the Keras op unchanged.
 

@@ -199,6 +199,30 @@ def test_combined_is_weighted_sum_with_paper_weights():
         GSCNNLoss(edge_wieght=3.0)
 
 
+def test_combined_shares_one_cross_entropy_with_the_same_values_and_gradients():
+    """GSCNNLoss computes the per-pixel CE once for the seg and attention terms: the terms and
+    their gradients equal those of the standalone term objects, bit for bit."""
+    y_true, y_pred = make_batch(6)
+    t, p = tensors(y_true), tensors(y_pred)
+    loss = GSCNNLoss(LossConfig(), dual_task_seed=0)
+    logits = p["seg_logits"]
+
+    def value_and_grad(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            value = fn(dict(p, seg_logits=logits))
+        return value.numpy(), tape.gradient(value, logits).numpy()
+
+    for name, standalone in (("seg", SegmentationCrossEntropy()), ("attention", AttentionLoss(threshold=0.8))):
+        shared = value_and_grad(lambda q: loss.terms(t, q)[name])
+        alone = value_and_grad(lambda q: standalone(t, q))
+        np.testing.assert_array_equal(shared[0], alone[0], err_msg=name)
+        np.testing.assert_array_equal(shared[1], alone[1], err_msg=name)
+        assert np.abs(shared[1]).max() > 0
+    graph = tf.function(lambda q: loss.terms(t, q)).get_concrete_function(p).graph
+    assert sum(op.type == "SparseSoftmaxCrossEntropyWithLogits" for op in graph.get_operations()) == 1
+
+
 def test_float16_inputs_are_computed_in_float32():
     y_true, y_pred = make_batch(5)
     p16 = {k: tf.constant(v.astype(np.float16)) for k, v in y_pred.items()}

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import keras
 
+from gscnn_tf.layers import dilated_conv
 from gscnn_tf.layers.normalization import BN_MOMENTUM, batch_norm
 
 MOBILENET_BN_EPSILON = 1e-3
@@ -97,7 +98,7 @@ def _inverted_residual(inputs, filters, stride, expansion, alpha, dilation, bloc
     if effective_stride == 2:
         # keras.applications' correct_pad for even (or unknown) sizes: ((0, 1), (0, 1)).
         x = keras.layers.ZeroPadding2D(padding=((0, 1), (0, 1)), name=f"{prefix}pad")(x)
-    x = keras.layers.DepthwiseConv2D(3, strides=effective_stride, dilation_rate=dilation, use_bias=False,
+    x = dilated_conv.DepthwiseConv2D(3, strides=effective_stride, dilation_rate=dilation, use_bias=False,
                                      padding="valid" if effective_stride == 2 else "same",
                                      name=f"{prefix}depthwise")(x)
     x = _bn(f"{prefix}depthwise_BN", sync)(x)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import keras
 
+from gscnn_tf.layers import dilated_conv
 from gscnn_tf.layers.normalization import BN_MOMENTUM, batch_norm
 
 # keras.applications' ResNet BN epsilon; the ImageNet moving variances were fitted with it.
@@ -63,7 +64,7 @@ def _bottleneck(x, filters, stride, dilation, conv_shortcut, name, sync):
     x = keras.layers.Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
     x = _bn(f"{name}_1_bn", sync)(x)
     x = keras.layers.Activation("relu", name=f"{name}_1_relu")(x)
-    x = keras.layers.Conv2D(filters, 3, padding="same", dilation_rate=dilation, name=f"{name}_2_conv")(x)
+    x = dilated_conv.Conv2D(filters, 3, padding="same", dilation_rate=dilation, name=f"{name}_2_conv")(x)
     x = _bn(f"{name}_2_bn", sync)(x)
     x = keras.layers.Activation("relu", name=f"{name}_2_relu")(x)
     x = keras.layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(x)

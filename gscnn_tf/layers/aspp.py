@@ -19,6 +19,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from gscnn_tf.layers import dilated_conv
 from gscnn_tf.layers.normalization import batch_norm
 from gscnn_tf.layers.resize import resize_like
 
@@ -36,7 +37,7 @@ def conv_bn_relu(filters, kernel_size, name, sync_batchnorm, dtype, dilation_rat
     """A conv (no bias) -> BN -> ReLU stack as a ``keras.Sequential`` named ``name``."""
     return keras.Sequential(
         [
-            keras.layers.Conv2D(
+            dilated_conv.Conv2D(
                 filters, kernel_size, padding="same", dilation_rate=dilation_rate, use_bias=False,
                 name="conv", dtype=dtype,
             ),

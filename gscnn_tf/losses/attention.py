@@ -29,10 +29,17 @@ class AttentionLoss(DictLoss):
 
     def call(self, y_true, y_pred):
         label, _ = labels_of(y_true, self.ignore_label)
-        edge = ops.stop_gradient(ops.cast(y_pred["edge"], "float32"))
+        ce, valid = pixel_cross_entropy(label, ops.cast(y_pred["seg_logits"], "float32"), self.ignore_label)
+        return self.reduce(ce, valid, y_pred["edge"])
+
+    def reduce(self, ce, valid, edge):
+        """The term from :func:`pixel_cross_entropy`'s ``(ce, valid)`` and the edge map.
+
+        ``GSCNNLoss`` computes the per-pixel CE once for this and the segmentation term.
+        """
+        edge = ops.stop_gradient(ops.cast(edge, "float32"))
         if len(edge.shape) == 4:
             edge = ops.squeeze(edge, axis=-1)
-        ce, valid = pixel_cross_entropy(label, ops.cast(y_pred["seg_logits"], "float32"), self.ignore_label)
         mask = ops.cast(ops.greater(edge, self.threshold), "float32") * valid
         return ops.divide_no_nan(ops.sum(ce * mask), global_sum(ops.sum(mask)))
 

@@ -38,7 +38,7 @@ from gscnn_tf.config import LossConfig
 from gscnn_tf.losses.attention import AttentionLoss
 from gscnn_tf.losses.dual_task import DualTaskLoss
 from gscnn_tf.losses.edge_bce import BalancedEdgeBCE
-from gscnn_tf.losses.segmentation import DictLoss, SegmentationCrossEntropy
+from gscnn_tf.losses.segmentation import DictLoss, SegmentationCrossEntropy, labels_of, pixel_cross_entropy
 
 TERM_NAMES = ("seg", "edge_bce", "attention", "dual_task")
 _LOSS_FIELDS = tuple(f.name for f in dataclasses.fields(LossConfig))
@@ -115,10 +115,14 @@ class GSCNNLoss(DictLoss):
     def terms(self, y_true, y_pred) -> dict:
         """Unweighted scalar terms ``{"seg", "edge_bce", "attention", "dual_task"}`` (float32)."""
         y_true, y_pred = self._standardize(y_true, y_pred)
-        out = {"seg": self.seg_loss.call(y_true, y_pred)}
+        # The per-pixel CE is computed once for the segmentation and the attention term
+        # (the same values each term's own ``call`` computes).
+        label, _ = labels_of(y_true, self.config.ignore_label)
+        ce, valid = pixel_cross_entropy(label, y_pred["seg_logits"], self.config.ignore_label)
+        out = {"seg": self.seg_loss.reduce(ce, valid)}
         if self.use_edge_terms:
             out["edge_bce"] = self.edge_loss.call(y_true, y_pred)
-            out["attention"] = self.attention_loss.call(y_true, y_pred)
+            out["attention"] = self.attention_loss.reduce(ce, valid, y_pred["edge"])
             out["dual_task"] = self.dual_task_loss.call(y_true, y_pred)
         else:
             zero = ops.zeros((), dtype="float32")

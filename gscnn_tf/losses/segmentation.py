@@ -127,5 +127,9 @@ class SegmentationCrossEntropy(DictLoss):
 
     def call(self, y_true, y_pred):
         label, _ = labels_of(y_true, self.ignore_label)
-        ce, valid = pixel_cross_entropy(label, _to_float32(y_pred["seg_logits"]), self.ignore_label)
+        return self.reduce(*pixel_cross_entropy(label, _to_float32(y_pred["seg_logits"]), self.ignore_label))
+
+    @staticmethod
+    def reduce(ce, valid):
+        """The term from :func:`pixel_cross_entropy`'s ``(ce, valid)`` (shared with the attention term)."""
         return ops.divide_no_nan(ops.sum(ce), global_sum(ops.sum(valid)))

@@ -44,6 +44,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from gscnn_tf.layers import dilated_conv
 from gscnn_tf.layers.normalization import batch_norm
 
 # (blocks, widths, dilation, dropout) of mod2..mod7 at output stride 8.
@@ -98,7 +99,8 @@ def _conv(x, filters, kernel_size, name, stride=1, dilation=1):
         pad = (kernel_size - 1) // 2
         x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
         return keras.layers.Conv2D(filters, kernel_size, strides=stride, padding="valid", use_bias=False, name=name)(x)
-    return keras.layers.Conv2D(
+    # dilated_conv.Conv2D: TensorFlow's native dilated kernels (mod5-mod7 are dilated 2 and 4).
+    return dilated_conv.Conv2D(
         filters, kernel_size, strides=stride, padding="same", dilation_rate=dilation, use_bias=False, name=name
     )(x)
 

@@ -19,7 +19,8 @@ import time
 
 import pytest
 
-from gscnn_tf.data import convert
+from gscnn_tf.data import convert, shards
+from gscnn_tf.data.verify import verify
 from gscnn_tf.data.cityscapes import discover_cityscapes
 from gscnn_tf.data.synthetic import generate_synthetic_cityscapes
 from tfrecords_tools import convert_cityscapes as convert_cli
@@ -90,7 +91,7 @@ def test_failed_reconversion_keeps_the_published_split(cs_root, tmp_path, capsys
         {k: v for k, v in before.items() if k.startswith("val")}  # old val shards + manifest untouched
     assert sorted(k for k in after if k.startswith("train_fine")) == \
         [f"train_fine-{i:05d}-of-00003.tfrecord" for i in range(3)]
-    assert convert.verify(out)["val"] == {"num_examples": 2, "num_shards": 2}
+    assert verify(out)["val"] == {"num_examples": 2, "num_shards": 2}
     # The train split (6 images): re-convert into 4 shards with one bad image -> old 3 shards kept.
     tvictim = sorted(s.image.path for s in discover_cityscapes(cs_root, "train"))[0]
     tgood = _corrupt_middle(tvictim)
@@ -99,14 +100,14 @@ def test_failed_reconversion_keeps_the_published_split(cs_root, tmp_path, capsys
                             "--num-shards", "4"], capsys)
     assert rc == 1 and tvictim in err and len(err.strip().splitlines()) == 1
     assert {k: v for k, v in _snapshot(out).items() if k.startswith("train")} == train_before
-    convert.verify(out)
+    verify(out)
     # Fixed input: the rerun completes the new split and swaps it in, no staging left.
     open(victim, "wb").write(good)
     open(tvictim, "wb").write(tgood)
     rc, err = _run_convert(["cityscapes", "--root", cs_root, "--out", out, "--splits", "train", "val",
                             "--num-shards", "4"], capsys)
     assert rc == 0, err
-    report = convert.verify(out)
+    report = verify(out)
     assert report["train"] == {"num_examples": 6, "num_shards": 4} and report["val"]["num_shards"] == 2
     assert not glob.glob(os.path.join(out, ".*staging*"))
 
@@ -114,7 +115,7 @@ def test_failed_reconversion_keeps_the_published_split(cs_root, tmp_path, capsys
 def test_interrupted_swap_is_finished_by_the_next_run(cs_root, tmp_path, monkeypatch):
     out = str(tmp_path / "out")
     convert.convert_cityscapes(cs_root, out, splits=("train",), num_shards=2)
-    real = convert._move_shard
+    real = shards.move_shard
     calls = []
 
     def move_then_die(*a):
@@ -123,16 +124,16 @@ def test_interrupted_swap_is_finished_by_the_next_run(cs_root, tmp_path, monkeyp
             raise KeyboardInterrupt  # killed in the middle of the swap
         return real(*a)
 
-    monkeypatch.setattr(convert, "_move_shard", move_then_die)
+    monkeypatch.setattr(shards, "move_shard", move_then_die)
     with pytest.raises(KeyboardInterrupt):
         convert.convert_cityscapes(cs_root, out, splits=("train",), num_shards=3)
-    monkeypatch.setattr(convert, "_move_shard", real)
+    monkeypatch.setattr(shards, "move_shard", real)
     assert not os.path.exists(os.path.join(out, "train_manifest.json"))  # half-swapped: no manifest claims it
     encoded = []
-    monkeypatch.setattr(convert, "encode_sample", lambda *a, **k: encoded.append(1))
+    monkeypatch.setattr(shards, "encode_sample", lambda *a, **k: encoded.append(1))
     manifest = convert.convert_cityscapes(cs_root, out, splits=("train",), num_shards=3)["train"]
     assert encoded == []  # everything came from the staged shards
-    assert manifest["num_shards"] == 3 and convert.verify(out)["train"]["num_shards"] == 3
+    assert manifest["num_shards"] == 3 and verify(out)["train"]["num_shards"] == 3
 
 
 def _children(pid):
@@ -183,14 +184,14 @@ def test_killed_parallel_conversion_leaves_no_orphan_workers(cs_src, tmp_path, s
                           "--out", out, "--splits", "train", "--num-shards", "3", "--quiet"], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert convert.verify(out)["train"]["num_shards"] == 3
+    assert verify(out)["train"]["num_shards"] == 3
 
 
 def test_second_converter_on_the_same_out_is_refused(cs_root, tmp_path, capsys):
     out = str(tmp_path / "out")
     os.makedirs(out)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from gscnn_tf.data.convert import output_lock\n"
+        [sys.executable, "-c", "import sys; from gscnn_tf.data.shards import output_lock\n"
          f"with output_lock({out!r}):\n    print('held', flush=True); sys.stdin.read()"],
         cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -228,7 +229,7 @@ def test_disk_full_during_conversion_is_one_line_and_leaves_no_partial_shard(cs_
     assert "No space left on device" in lines[0] and out in lines[0]
     assert not [p for p in os.listdir(out) if ".tmp" in p]
     for shard in glob.glob(os.path.join(out, "*.tfrecord")):  # whatever is left is complete
-        side = json.load(open(convert.sidecar_path(shard)))
+        side = json.load(open(shards.sidecar_path(shard)))
         assert side["sha256"] == _digest(shard)
 
 

@@ -79,12 +79,13 @@ def main(argv=None) -> int:
     # Worker processes import TensorFlow themselves (quietly); the parent only when it writes.
     configure_logging(args, tensorflow=args.command == "verify" or args.workers <= 1)
     from gscnn_tf.data.cityscapes import ConversionError
-    from gscnn_tf.data import convert
+    from gscnn_tf.data import convert, label_maps
+    from gscnn_tf.data.verify import VerificationError, verify
 
     progress = not args.quiet and sys.stderr.isatty()
     try:
         if args.command == "verify":
-            report = convert.verify(args.out, args.splits, progress=progress)
+            report = verify(args.out, args.splits, progress=progress)
             for split, r in report.items():
                 log.info("%s: OK (%d records in %d shards)", split, r["num_examples"], r["num_shards"])
             print("verify: OK " + ", ".join(f"{s}={r['num_examples']}" for s, r in report.items()))
@@ -98,15 +99,15 @@ def main(argv=None) -> int:
         else:
             if args.labels and not args.label_map:
                 raise ConversionError("--label-map is required with --labels")
-            mapping = (convert.load_label_map(args.label_map, args.unmapped) if args.label_map
-                       else convert.cityscapes_mapping())
+            mapping = (label_maps.load_label_map(args.label_map, args.unmapped) if args.label_map
+                       else label_maps.cityscapes_mapping())
             manifests = {args.split: convert.convert_folder(
                 args.images, args.labels, args.out, mapping, split=args.split, label_suffix=args.label_suffix,
                 num_shards=args.num_shards, workers=args.workers, progress=progress, force=args.force)}
         for split, m in manifests.items():
             log.info("%s: %d images in %d shards", split, m["num_examples"], m["num_shards"])
         return 0
-    except (ConversionError, convert.VerificationError) as e:
+    except (ConversionError, VerificationError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:

@@ -239,6 +239,8 @@ import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
 from gscnn_tf.export import saved_model as sm  # noqa: E402
+from gscnn_tf.export import serving_graph, versions  # noqa: E402
+from gscnn_tf.utils.serving_limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_PIXELS  # noqa: E402
 from gscnn_tf.export import warmup  # noqa: E402
 
 from test_export import build_tiny_model, standin_config  # noqa: E402  (tests/ is on sys.path)
@@ -271,8 +273,8 @@ def _png(h, w, seed=0):
 def test_batches_run_in_bounded_chunks_with_the_same_results():
     model, recorder = _recording_model()
     config = standin_config()
-    chunked = sm.build_serving_module(model, config, chunk_pixels=24 * 32)  # one 24x32 image per network call
-    whole = sm.build_serving_module(model, config, chunk_pixels=0)
+    chunked = serving_graph.build_serving_module(model, config, chunk_pixels=24 * 32)  # one 24x32 image per network call
+    whole = serving_graph.build_serving_module(model, config, chunk_pixels=0)
     batch = tf.constant([_png(24, 30, seed=i) for i in range(3)])  # padded to 24x32
     recorder.largest.assign(0)
     got = chunked.serve_bytes(batch)
@@ -283,7 +285,7 @@ def test_batches_run_in_bounded_chunks_with_the_same_results():
     for key in ("classes", "edge", "height", "width"):
         np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), atol=1e-6)
     pixels = tf.constant(np.stack([warmup.synthetic_image(16, 16, seed=i) for i in range(5)]))
-    two = sm.build_serving_module(model, config, chunk_pixels=2 * 16 * 16)
+    two = serving_graph.build_serving_module(model, config, chunk_pixels=2 * 16 * 16)
     recorder.largest.assign(0)
     got = two.serve_images(pixels)
     assert int(recorder.largest.numpy()) == 2 and got["classes"].shape == (5, 16, 16)
@@ -291,7 +293,7 @@ def test_batches_run_in_bounded_chunks_with_the_same_results():
 
 
 def test_request_pixel_limit_names_the_element_and_defaults_are_safe():
-    module = sm.build_serving_module(build_tiny_model(), standin_config(), max_request_pixels=3 * 24 * 32)
+    module = serving_graph.build_serving_module(build_tiny_model(), standin_config(), max_request_pixels=3 * 24 * 32)
     small = _png(24, 32)
     assert module.serve_bytes(tf.constant([small] * 3))["classes"].shape == (3, 24, 32)
     with pytest.raises(tf.errors.InvalidArgumentError,
@@ -304,11 +306,11 @@ def test_request_pixel_limit_names_the_element_and_defaults_are_safe():
     from gscnn_tf.cli import export as export_cli
 
     args = export_cli.build_parser().parse_args(["--checkpoint", "x", "--export-dir", "y"])
-    assert args.max_pixels == sm.DEFAULT_MAX_PIXELS > 0 and args.max_request_pixels == sm.DEFAULT_MAX_REQUEST_PIXELS > 0
+    assert args.max_pixels == DEFAULT_MAX_PIXELS > 0 and args.max_request_pixels == DEFAULT_MAX_REQUEST_PIXELS > 0
 
 
 def test_truncated_jpeg_in_a_batch_names_its_element_and_empty_tensor_batch_is_refused():
-    module = sm.build_serving_module(build_tiny_model(), standin_config())
+    module = serving_graph.build_serving_module(build_tiny_model(), standin_config())
     jpeg = warmup.encode(warmup.synthetic_image(40, 48), "jpeg")
     good = _png(24, 32)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes\[2\] is a truncated JPEG"):
@@ -340,7 +342,7 @@ def test_export_refuses_non_finite_weights_naming_the_checkpoint(tmp_path, capsy
                           "--log-level", "WARNING"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "diverged.keras" in err and "NaN or Inf" in err
-    assert sm.existing_versions(root) == [] and not [n for n in os.listdir(root) if n.startswith(".")] \
+    assert versions.existing_versions(root) == [] and not [n for n in os.listdir(root) if n.startswith(".")] \
         if os.path.isdir(root) else True
 
 
@@ -365,7 +367,7 @@ def test_next_export_removes_temp_dirs_of_killed_exports_only(tmp_path):
     sm.export_saved_model(build_tiny_model(), standin_config(), root, warmup=False, verify=False)
     assert [d for d in killed if os.path.exists(d)] == []
     assert all(os.path.exists(p) for p in user + [tmp_file])
-    assert sm.existing_versions(root) == [1]
+    assert versions.existing_versions(root) == [1]
 
 
 def _modes(root):

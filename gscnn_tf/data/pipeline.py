@@ -45,14 +45,13 @@ import tensorflow as tf
 from gscnn_tf.data import augment as aug
 from gscnn_tf.data.tfexample import IMAGE_ENCODED, IMAGE_FILENAME, LABEL_ENCODED, decode_example, parse_example
 from gscnn_tf.losses.boundaries import boundary_map
+from gscnn_tf.utils.image_formats import JPEG_SOI, PNG_SIGNATURE
 
 logger = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
 STAGES = ("parse", "decode", "augment", "full")
 _DEFAULT_SEED = 0
-_PNG_MAGIC = b"\x89PNG"
-_JPEG_MAGIC = b"\xff\xd8\xff"
 _RECORD_ERROR = "corrupt record"  # prefix of the record checks' messages (describe_data_error finds it)
 
 Normalization = Union[str, Sequence]
@@ -246,8 +245,8 @@ def _options(deterministic: bool) -> tf.data.Options:
 
 
 def _check_encoded(data: tf.Tensor, what: str, path: tf.Tensor, filename: tf.Tensor, allow_empty: bool) -> tf.Tensor:
-    head = tf.strings.substr(data, 0, 4)
-    ok = tf.logical_or(tf.equal(head, _PNG_MAGIC), tf.equal(tf.strings.substr(data, 0, 3), _JPEG_MAGIC))
+    ok = tf.logical_or(tf.equal(tf.strings.substr(data, 0, len(PNG_SIGNATURE)), PNG_SIGNATURE),
+                       tf.equal(tf.strings.substr(data, 0, len(JPEG_SOI)), JPEG_SOI))
     if allow_empty:
         ok = tf.logical_or(ok, tf.equal(tf.strings.length(data), 0))
     return tf.debugging.Assert(

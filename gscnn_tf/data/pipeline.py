@@ -44,6 +44,7 @@ import tensorflow as tf
 
 from gscnn_tf.data import augment as aug
 from gscnn_tf.data.tfexample import IMAGE_ENCODED, IMAGE_FILENAME, LABEL_ENCODED, decode_example, parse_example
+from gscnn_tf.labels import IGNORE_LABEL
 from gscnn_tf.losses.boundaries import boundary_map
 from gscnn_tf.utils.image_formats import JPEG_SOI, PNG_SIGNATURE
 
@@ -60,7 +61,7 @@ Normalization = Union[str, Sequence]
 # ----------------------------------------------------------------------------- targets
 
 
-def boundary_targets(labels: tf.Tensor, radius: float, ignore_label: int = 255) -> tf.Tensor:
+def boundary_targets(labels: tf.Tensor, radius: float, ignore_label: int = IGNORE_LABEL) -> tf.Tensor:
     """GT boundary maps of a batch of train-id labels (B, H, W) -> float32 (B, H, W)."""
     return tf.cast(boundary_map(labels, radius, ignore_label), tf.float32)
 
@@ -88,10 +89,6 @@ def resolve_normalization(normalization: Normalization) -> tuple:
 def normalize_image(image: tf.Tensor, mean, std) -> tf.Tensor:
     """``(rgb_0_255 - mean) / std`` as float32."""
     return (tf.cast(image, tf.float32) - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
-
-
-def denormalize_image(image: tf.Tensor, mean, std) -> tf.Tensor:
-    return tf.cast(image, tf.float32) * tf.constant(std, tf.float32) + tf.constant(mean, tf.float32)
 
 
 def list_shards(pattern: str, field_name: str = "data.train_pattern") -> list:

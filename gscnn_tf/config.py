@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import yaml
 
+from gscnn_tf.labels import IGNORE_LABEL
 from gscnn_tf.utils.atomic import atomic_write_text
 
 
@@ -65,7 +66,7 @@ class LossConfig:
     gumbel_noise: bool = True  # False: deterministic straight-through softmax (tests, ablations)
     dual_task_sigma: float = 1.0  # Gaussian smoothing before the spatial gradient
     boundary_radius: float = 2.0  # GT boundary: pixels within this distance of a class border
-    ignore_label: int = 255
+    ignore_label: int = IGNORE_LABEL
 
 
 @dataclass
@@ -88,7 +89,7 @@ class DataConfig:
     deterministic: bool = False
     # Evaluation images are used at full size unless eval_scale != 1 (e.g. 0.5 for quick checks).
     eval_scale: float = 1.0
-    ignore_label: int = 255
+    ignore_label: int = IGNORE_LABEL
 
 
 @dataclass

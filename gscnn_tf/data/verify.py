@@ -95,7 +95,7 @@ def verify(out_dir: str, splits: Optional[Sequence[str]] = None, progress: bool 
             if os.path.basename(extra) not in listed:
                 problems.append(f"{extra}: shard not listed in {os.path.basename(mpath)}")
         allowed = np.zeros(256, bool)
-        allowed[manifest.get("train_ids", list(range(_labels.NUM_CLASSES)) + [255])] = True
+        allowed[manifest.get("train_ids", list(range(_labels.NUM_CLASSES)) + [_labels.IGNORE_LABEL])] = True
         allowed[_labels.IGNORE_LABEL] = True
         names: set = set()
         total = sum(s.get("num_examples", 0) for s in shards)

@@ -207,18 +207,24 @@ def test_rerun_skips_complete_shards_and_is_deterministic(root, tmp_path):
     verify(out)
 
 
-def test_interrupt_leaves_only_complete_shards_and_rerun_completes(root, tmp_path, capsys, monkeypatch):
-    out = str(tmp_path / "out")
+def interrupt_encoding_at(monkeypatch, n: int):
+    """Makes the n-th record encoding raise KeyboardInterrupt; returns the real encoder."""
     real = shards.encode_sample
     calls = []
 
     def encode_then_interrupt(*a, **k):
         calls.append(1)
-        if len(calls) == 3:  # first record of the second shard (2 train images per shard)
+        if len(calls) == n:
             raise KeyboardInterrupt
         return real(*a, **k)
 
     monkeypatch.setattr(shards, "encode_sample", encode_then_interrupt)
+    return real
+
+
+def test_interrupt_leaves_only_complete_shards_and_rerun_completes(root, tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / "out")
+    real = interrupt_encoding_at(monkeypatch, 3)  # first record of the second shard (2 train images per shard)
     with pytest.raises(KeyboardInterrupt):
         convert.convert_cityscapes(root, out, splits=("train",), num_shards=2)
     monkeypatch.setattr(shards, "encode_sample", real)
@@ -258,16 +264,7 @@ def test_worker_failure_midway_names_file_and_cleans_up(root, tmp_path, capsys):
 
 def test_cli_interrupt_exits_nonzero_and_keeps_only_complete_shards(root, tmp_path, capsys, monkeypatch):
     out = str(tmp_path / "out")
-    real = shards.encode_sample
-    calls = []
-
-    def encode_then_interrupt(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:  # first record of the second shard (2 train images per shard)
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(shards, "encode_sample", encode_then_interrupt)
+    real = interrupt_encoding_at(monkeypatch, 3)  # first record of the second shard (2 train images per shard)
     rc, err = run_cli(["cityscapes", "--root", root, "--out", out, "--splits", "train", "--num-shards", "2"], capsys)
     assert rc == 130 and "interrupted" in err and "rerun" in err
     assert shard_files(out) == ["train_fine-00000-of-00002.tfrecord"] and leftovers(out) == []

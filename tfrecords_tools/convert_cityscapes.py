@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from gscnn_tf.cli.common import configure_logging
+from gscnn_tf.cli.common import add_common_flags, configure_logging
 
 log = logging.getLogger("gscnn-convert")
 PROG = "gscnn-convert"
@@ -23,13 +23,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="parallel writer processes (one shard each at a time); 1 = in this process")
     p.add_argument("--force", action="store_true",
                    help="rewrite every shard (default: keep shards whose sidecar checksum and inputs match)")
-    _logging_flags(p)
-
-
-def _logging_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quiet", action="store_true", help="only warnings and errors, no progress bar")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                   help="logging verbosity (DEBUG also shows TensorFlow's start-up lines)")
+    add_common_flags(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "label values of every split (or --splits) in --out.")
     v.add_argument("--out", required=True, help="directory holding the shards and *_manifest.json")
     v.add_argument("--splits", nargs="+", default=None, help="splits to verify (default: every manifest found)")
-    _logging_flags(v)
+    add_common_flags(v)
     return p
 
 

@@ -7,7 +7,11 @@ from the defaults below. Overrides use dotted paths::
     cfg = load_config("configs/cpu_demo.yaml", overrides=["train.batch_size=4",
                                                           "model.backbone=resnet50"])
 
-Unknown keys are errors (a typo must not silently train the wrong model).
+Unknown keys are errors (a typo must not silently train the wrong model), and so are
+values of the wrong type or out of range: every field is typed, :func:`load_config`
+checks each value against its type (``int`` where an integer is meant, ``"epoch"`` or an
+integer for ``train.backup_save_freq``, ...) and the ranges in :func:`validate_config`,
+and the error names the field and the file (or the ``--set`` override) it came from.
 """
 from __future__ import annotations
 
@@ -15,10 +19,11 @@ import dataclasses
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, List, Literal, Optional, Union
 
 import yaml
 
+from gscnn_tf.labels import IGNORE_LABEL
 from gscnn_tf.utils.atomic import atomic_write_text
 
 
@@ -45,7 +50,7 @@ class ModelConfig:
     decoder_filters: int = 256
     low_level_filters: int = 48
     # "auto": synchronized BatchNorm when a tf.distribute strategy is active at build time.
-    sync_batchnorm: Any = "auto"  # "auto" | True | False
+    sync_batchnorm: Union[bool, Literal["auto"]] = "auto"  # "auto" | True | False
     # True: reproduce the official PyTorch inference where it differs from the paper-faithful
     # defaults (align-corners resizes, wrapped-uint8 Canny input, plain 1x1 ASPP projection and
     # low-level branch, no classifier bias), for weights imported from the official checkpoint.
@@ -65,7 +70,7 @@ class LossConfig:
     gumbel_noise: bool = True  # False: deterministic straight-through softmax (tests, ablations)
     dual_task_sigma: float = 1.0  # Gaussian smoothing before the spatial gradient
     boundary_radius: float = 2.0  # GT boundary: pixels within this distance of a class border
-    ignore_label: int = 255
+    ignore_label: int = IGNORE_LABEL
 
 
 @dataclass
@@ -78,7 +83,7 @@ class DataConfig:
     tfds_name: str = "cityscapes/semantic_segmentation"
     tfds_data_dir: Optional[str] = None
     tfds_manual_dir: Optional[str] = None
-    crop_size: list = field(default_factory=lambda: [800, 800])  # [height, width]
+    crop_size: List[int] = field(default_factory=lambda: [800, 800])  # [height, width]
     min_scale: float = 0.5
     max_scale: float = 2.0
     hflip: bool = True
@@ -88,7 +93,7 @@ class DataConfig:
     deterministic: bool = False
     # Evaluation images are used at full size unless eval_scale != 1 (e.g. 0.5 for quick checks).
     eval_scale: float = 1.0
-    ignore_label: int = 255
+    ignore_label: int = IGNORE_LABEL
 
 
 @dataclass
@@ -109,9 +114,9 @@ class TrainConfig:
     strategy: str = "default"  # default | mirrored | multi_worker
     num_cpu_devices: int = 0  # >0: split the CPU into N logical devices (tests, no GPU)
     mixed_precision: bool = False
-    jit_compile: Any = "auto"  # "auto" | True | False
+    jit_compile: Union[bool, Literal["auto"]] = "auto"  # "auto" | True | False
     seed: Optional[int] = 0
-    backup_save_freq: Any = "epoch"  # "epoch" or a number of steps
+    backup_save_freq: Union[int, Literal["epoch"]] = "epoch"  # "epoch" or a number of steps
     image_summaries: int = 2  # images written to TensorBoard per validation
     init_checkpoint: Optional[str] = None  # fine-tune from these weights
 
@@ -120,13 +125,13 @@ class TrainConfig:
 class EvalConfig:
     """The paper's metrics (docs/PAPER.md section 5)."""
 
-    boundary_tolerances_px: list = field(default_factory=lambda: [3, 5, 9, 12])
+    boundary_tolerances_px: List[float] = field(default_factory=lambda: [3, 5, 9, 12])
     # Boundary tolerances are given at this reference resolution and scaled with the
     # image diagonal, so a 512x1024 evaluation uses the paper's relative slack.
-    boundary_reference_size: list = field(default_factory=lambda: [1024, 2048])
-    scales: list = field(default_factory=lambda: [1.0])
+    boundary_reference_size: List[int] = field(default_factory=lambda: [1024, 2048])
+    scales: List[float] = field(default_factory=lambda: [1.0])
     flip: bool = False
-    distance_crop_fractions: list = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25])
+    distance_crop_fractions: List[float] = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25])
     official_eval: bool = False
 
 
@@ -142,23 +147,47 @@ class ExperimentConfig:
 # ----------------------------------------------------------------------------- loading
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Checks ``value`` against a field annotation; ints are accepted for floats."""
+def _describe(annotation: Any) -> str:
+    """What a value of ``annotation`` looks like, for error messages."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union:
+        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in args)
+    if origin is list:
+        return f"a list of {_describe(args[0]) if args else 'values'}"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+            type(None): "null"}.get(annotation, str(annotation))
+
+
+def _coerce(value: Any, annotation: Any, where: str, in_list: bool = False) -> Any:
+    """Checks ``value`` against a field annotation; ints are accepted for floats.
+
+    Scalar floats are stored as floats; list elements keep the YAML's int or float.
+    """
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    if annotation is Any:
-        return value
-    if origin is typing.Union:  # Optional[X]
-        if value is None:
+    if origin is typing.Union:  # Optional[X], Union[bool, Literal["auto"]], ...
+        if value is None and type(None) in args:
             return None
-        non_none = [a for a in args if a is not type(None)]
-        return _coerce(value, non_none[0], where)
-    if annotation in (list, "list") or origin is list:
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, where, in_list)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {_describe(annotation)}, got {value!r}")
+    if origin is Literal:
+        if isinstance(value, bool) or value not in args:
+            raise ConfigError(f"{where}: expected {_describe(annotation)}, got {value!r}")
+        return value
+    if annotation is list or origin is list:
         if isinstance(value, tuple):
             value = list(value)
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return value
+            raise ConfigError(f"{where}: expected {_describe(annotation)}, got {value!r}")
+        if not args:
+            return value
+        return [_coerce(v, args[0], f"{where}[{i}]", in_list=True) for i, v in enumerate(value)]
     if annotation is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true/false, got {value!r}")
@@ -170,12 +199,12 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        return value if in_list else float(value)
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
-    return value
+    raise TypeError(f"{where}: config field type {annotation!r} has no check; add one to _coerce")
 
 
 def _from_dict(cls: type, data: dict, where: str) -> Any:
@@ -227,8 +256,49 @@ def parse_override(text: str) -> dict:
     return nested
 
 
+def _check(ok: bool, where: str, requirement: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: must be {requirement}, got {value!r}")
+
+
+def validate_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Range checks that types cannot express; raises :class:`ConfigError` naming the field."""
+    m, d, t, e = cfg.model, cfg.data, cfg.train, cfg.eval
+    _check(m.num_classes >= 1, "model.num_classes", ">= 1", m.num_classes)
+    _check(m.mobilenet_alpha > 0, "model.mobilenet_alpha", "> 0", m.mobilenet_alpha)
+    for where, label in (("loss.ignore_label", cfg.loss.ignore_label), ("data.ignore_label", d.ignore_label)):
+        _check(0 <= label <= 255, where, "in 0..255 (labels are 8-bit PNGs)", label)
+    _check(len(d.crop_size) == 2 and min(d.crop_size) >= 1, "data.crop_size", "[height, width], both >= 1",
+           d.crop_size)
+    _check(0 < d.min_scale <= d.max_scale, "data.min_scale/max_scale", "0 < min_scale <= max_scale",
+           [d.min_scale, d.max_scale])
+    _check(0 <= d.blur_prob <= 1, "data.blur_prob", "in [0, 1]", d.blur_prob)
+    _check(d.color_jitter >= 0, "data.color_jitter", ">= 0", d.color_jitter)
+    _check(d.shuffle_buffer >= 0, "data.shuffle_buffer", ">= 0", d.shuffle_buffer)
+    _check(d.eval_scale > 0, "data.eval_scale", "> 0", d.eval_scale)
+    for name in ("batch_size", "epochs", "validation_freq"):
+        _check(getattr(t, name) >= 1, f"train.{name}", ">= 1", getattr(t, name))
+    for name in ("steps_per_epoch", "validation_steps"):
+        value = getattr(t, name)
+        _check(value is None or value >= 1, f"train.{name}", "null or >= 1", value)
+    _check(t.backup_save_freq == "epoch" or t.backup_save_freq >= 1, "train.backup_save_freq",
+           "'epoch' or a number of steps >= 1", t.backup_save_freq)
+    _check(t.learning_rate > 0, "train.learning_rate", "> 0", t.learning_rate)
+    _check(t.num_cpu_devices >= 0, "train.num_cpu_devices", ">= 0", t.num_cpu_devices)
+    _check(t.image_summaries >= 0, "train.image_summaries", ">= 0", t.image_summaries)
+    _check(bool(e.scales) and min(e.scales) > 0, "eval.scales", "a non-empty list of positive scales", e.scales)
+    _check(len(e.boundary_reference_size) == 2 and min(e.boundary_reference_size) >= 1,
+           "eval.boundary_reference_size", "[height, width], both >= 1", e.boundary_reference_size)
+    _check(all(v > 0 for v in e.boundary_tolerances_px), "eval.boundary_tolerances_px", "positive",
+           e.boundary_tolerances_px)
+    _check(all(0 < v <= 1 for v in e.distance_crop_fractions), "eval.distance_crop_fractions", "in (0, 1]",
+           e.distance_crop_fractions)
+    return cfg
+
+
 def config_from_dict(data: dict) -> ExperimentConfig:
-    return _from_dict(ExperimentConfig, data, "")
+    """An :class:`ExperimentConfig` from nested dicts, type- and range-checked."""
+    return validate_config(_from_dict(ExperimentConfig, data, ""))
 
 
 def load_config(path: Optional[str] = None, overrides: Optional[list] = None) -> ExperimentConfig:
@@ -240,8 +310,16 @@ def load_config(path: Optional[str] = None, overrides: Optional[list] = None) ->
     data: dict = {}
     if path:
         data = _load_yaml_with_base(path, seen=())
+        try:
+            config_from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     for text in overrides or []:
         data = _merge(data, parse_override(text))
+        try:
+            config_from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"override {text!r}: {exc}") from None
     return config_from_dict(data)
 
 

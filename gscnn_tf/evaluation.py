@@ -8,12 +8,9 @@
 * the distance-based mIoU per crop fraction (:mod:`gscnn_tf.metrics.distance`);
 * optionally, label-id PNGs and Cityscapes' official ``evaluateImgLists``.
 
-Inference (``Predictor``): for every scale ``s`` in ``eval_config.scales`` the image is
-resized bilinearly to ``(round(H*s/8)*8, round(W*s/8)*8)`` (at least 8; no resize when
-that equals the input size), the model's ``seg_logits`` are resized bilinearly back to
-H x W and turned into softmax probabilities; with ``eval_config.flip`` the horizontally
-flipped image is also run and its probabilities flipped back. The prediction is the
-arg-max of the mean of all these probability maps.
+Inference: :class:`gscnn_tf.inference.MultiScalePredictor` (``eval_config.scales`` and
+``eval_config.flip``); the report dict and its JSON/Markdown files:
+:mod:`gscnn_tf.eval_report`.
 
 The dataset yields ``(image (1,H,W,3), targets)`` or ``(image, targets, filename)``
 (``gscnn_tf.data.pipeline.build_eval_dataset``), ``targets`` being ``{"label": (1,H,W)}``
@@ -24,7 +21,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import io
-import json
 import logging
 import math
 import os
@@ -38,87 +34,18 @@ from tqdm import tqdm
 
 from gscnn_tf import labels as _labels
 from gscnn_tf.config import EvalConfig
+from gscnn_tf.eval_report import metrics_report
+from gscnn_tf.inference import MultiScalePredictor
 from gscnn_tf.metrics.boundary_f import BoundaryFScore
-from gscnn_tf.metrics.confusion import IGNORE_LABEL, confusion_matrix, summarize
+from gscnn_tf.metrics.confusion import confusion_matrix
 from gscnn_tf.metrics.distance import DistanceIoU, crop
-from gscnn_tf.utils.atomic import atomic_path, atomic_write_text
+from gscnn_tf.visualize import write_png
 
 logger = logging.getLogger(__name__)
-
-METRICS_JSON = "metrics.json"
-METRICS_MD = "metrics.md"
 
 
 class OfficialEvalError(RuntimeError):
     """cityscapesscripts' evaluation failed (it calls sys.exit with a printed message)."""
-
-
-def scaled_size(height: int, width: int, scale: float, multiple: int = 8) -> tuple:
-    """Input size for one scale: H*s and W*s rounded to the nearest multiple of 8 (>= 8)."""
-    def one(x: int) -> int:
-        return max(multiple, int(math.floor(x * scale / multiple + 0.5)) * multiple)
-
-    return one(height), one(width)
-
-
-def _seg_logits(outputs):
-    if isinstance(outputs, dict):
-        return outputs["seg_logits"]
-    if isinstance(outputs, (list, tuple)):
-        return outputs[0]
-    return outputs
-
-
-class Predictor:
-    """Multi-scale + flip inference; see the module docstring.
-
-    ``probabilities(image)`` -> (1, H, W, K) mean softmax; ``labels(image, out_size)`` ->
-    (h, w) int32 NumPy arg-max after resizing the probabilities to ``out_size`` (default
-    the input size). One ``tf.function`` trace per distinct input shape.
-    """
-
-    def __init__(self, model, scales: Sequence[float] = (1.0,), flip: bool = False):
-        if not scales:
-            raise ValueError("at least one evaluation scale is needed")
-        for s in scales:
-            if s <= 0:
-                raise ValueError(f"evaluation scales must be positive, got {s}")
-        self.model = model
-        self.scales = [float(s) for s in scales]
-        self.flip = bool(flip)
-        self._labels_fn = tf.function(self._labels_graph)
-
-    def probabilities(self, image):
-        image = tf.convert_to_tensor(image, tf.float32)
-        height, width = int(image.shape[1]), int(image.shape[2])
-        total = None
-        count = 0
-        for scale in self.scales:
-            size = scaled_size(height, width, scale)
-            x = image if size == (height, width) else tf.image.resize(image, size, method="bilinear")
-            variants = [(x, False)] + ([(tf.reverse(x, axis=[2]), True)] if self.flip else [])
-            for inp, flipped in variants:
-                logits = tf.cast(_seg_logits(self.model(inp, training=False)), tf.float32)
-                if flipped:
-                    logits = tf.reverse(logits, axis=[2])
-                if tuple(logits.shape[1:3]) != (height, width):
-                    logits = tf.image.resize(logits, (height, width), method="bilinear")
-                probs = tf.nn.softmax(logits, axis=-1)
-                total = probs if total is None else total + probs
-                count += 1
-        return total / float(count)
-
-    def _labels_graph(self, image, out_size):
-        probs = self.probabilities(image)
-        same = tf.reduce_all(tf.equal(out_size, tf.shape(probs)[1:3]))
-        probs = tf.cond(same, lambda: probs, lambda: tf.image.resize(probs, out_size, method="bilinear"))
-        return tf.argmax(probs[0], axis=-1, output_type=tf.int32)
-
-    def labels(self, image, out_size: Optional[Sequence[int]] = None) -> np.ndarray:
-        image = tf.convert_to_tensor(image, tf.float32)
-        if out_size is None:
-            out_size = image.shape[1:3]
-        return self._labels_fn(image, tf.constant([int(out_size[0]), int(out_size[1])], tf.int32)).numpy()
 
 
 def _unpack(element):
@@ -151,14 +78,6 @@ def _stem(filename: Optional[str], index: int) -> str:
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
     return stem or f"image_{index:05d}"
-
-
-def _write_png(path: str, array: np.ndarray) -> None:
-    import cv2
-
-    with atomic_path(path, suffix=".png") as tmp:
-        if not cv2.imwrite(tmp, array):
-            raise OSError(f"{path}: could not write PNG")
 
 
 def run_official_evaluation(pred_paths: list, gt_paths: list) -> dict:
@@ -209,7 +128,7 @@ def evaluate(
     eval_config: Optional[EvalConfig] = None,
     num_classes: int = 19,
     *,
-    ignore_label: int = IGNORE_LABEL,
+    ignore_label: int = _labels.IGNORE_LABEL,
     max_images: Optional[int] = None,
     distance_mode: Optional[str] = "resize",
     vanishing_point: Optional[Sequence[float]] = None,
@@ -235,7 +154,7 @@ def evaluate(
         raise ValueError("official_eval / save_predictions need an output_dir")
     if official and num_classes != _labels.NUM_CLASSES:
         raise ValueError("official Cityscapes evaluation needs the 19 Cityscapes train classes")
-    predictor = Predictor(model, cfg.scales, cfg.flip)
+    predictor = MultiScalePredictor(model, cfg.scales, cfg.flip)
     boundary = BoundaryFScore(num_classes, cfg.boundary_tolerances_px, cfg.boundary_reference_size, ignore_label)
     distance = None
     if distance_mode:
@@ -278,14 +197,14 @@ def evaluate(
                 pred_dir = os.path.join(output_dir, "predictions")
                 os.makedirs(pred_dir, exist_ok=True)
                 pred_path = os.path.join(pred_dir, f"{stem}_labelIds.png")
-                _write_png(pred_path, lut[pred.astype(np.uint8)])
+                write_png(pred_path, lut[pred.astype(np.uint8)])
                 pred_paths.append(pred_path)
                 if official:
                     gt_dir = os.path.join(output_dir, "gt_labelIds")
                     os.makedirs(gt_dir, exist_ok=True)
                     gt_path = os.path.join(gt_dir, f"{stem}_gtFine_labelIds.png")
-                    gt_label = np.where((label >= 0) & (label < num_classes), label, 255).astype(np.uint8)
-                    _write_png(gt_path, lut[gt_label])
+                    gt_label = np.where((label >= 0) & (label < num_classes), label, _labels.IGNORE_LABEL).astype(np.uint8)
+                    write_png(gt_path, lut[gt_label])
                     gt_paths.append(gt_path)
             n += 1
             bar.update(1)
@@ -298,35 +217,8 @@ def evaluate(
         raise ValueError("evaluation dataset is empty")
     seconds = time.time() - start
 
-    report = {
-        "num_images": n,
-        "num_classes": num_classes,
-        "scales": predictor.scales,
-        "flip": predictor.flip,
-    }
-    names = tuple(class_names) if class_names is not None else None
-    summary = summarize(total, names)
-    report.update(summary)
-    names = list(summary["iou_per_class"].keys())
-    f_all = boundary.per_class()
-    f_present = boundary.per_class_present()
-    res_all = boundary.result()
-    res_present = boundary.result_present()
-    report["boundary_f"] = {}
-    for j, px in enumerate(boundary.tolerances_px):
-        report["boundary_f"][f"{px:g}"] = {
-            "f": float(res_all[j]),
-            "f_present": None if math.isnan(res_present[j]) else float(res_present[j]),
-            "tolerance_px_used": sorted(boundary.pixel_tolerances_used[j]),
-            "f_per_class": {c: float(f_all[i, j]) for i, c in enumerate(names)},
-            "f_present_per_class": {
-                c: None if math.isnan(f_present[i, j]) else float(f_present[i, j]) for i, c in enumerate(names)
-            },
-        }
-    report["boundary_reference_size"] = list(boundary.reference_size)
-    if distance is not None:
-        report["distance"] = distance.result()
-    report["confusion_matrix"] = total.tolist()
+    report = metrics_report(n, num_classes, predictor.scales, predictor.flip, total, boundary, distance,
+                            class_names)
     if official:
         try:
             report["official"] = run_official_evaluation(pred_paths, gt_paths)
@@ -337,59 +229,3 @@ def evaluate(
     report["seconds_per_image"] = seconds / n
     logger.info("evaluated %d images in %.1f s: mIoU %.4f", n, seconds, report["miou"] or float("nan"))
     return report
-
-
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{100.0 * value:.2f}"
-
-
-def markdown_report(report: dict) -> str:
-    """A Markdown summary: headline metrics, boundary F, distance mIoU, per-class IoU."""
-    lines = [
-        "# Evaluation",
-        "",
-        f"{report['num_images']} images, scales {report['scales']}, flip {report['flip']}.",
-        "",
-        "| metric | value (%) |",
-        "|---|---|",
-        f"| mIoU | {_pct(report['miou'])} |",
-    ]
-    if "category_miou" in report:
-        lines.append(f"| category mIoU | {_pct(report['category_miou'])} |")
-    lines += [
-        f"| pixel accuracy | {_pct(report['pixel_accuracy'])} |",
-        f"| mean class accuracy | {_pct(report['mean_class_accuracy'])} |",
-    ]
-    ref = "x".join(str(v) for v in report.get("boundary_reference_size", []))
-    for key, entry in report.get("boundary_f", {}).items():
-        used = ",".join(str(v) for v in entry.get("tolerance_px_used", []))
-        lines.append(f"| boundary F @ {key} px at {ref} ({used} px here) | {_pct(entry['f'])} |")
-    for key, entry in report.get("boundary_f", {}).items():
-        lines.append(f"| boundary F @ {key} px, images where the class has a boundary | {_pct(entry.get('f_present'))} |")
-    dist = report.get("distance")
-    if dist:
-        for key, entry in dist["fractions"].items():
-            lines.append(f"| mIoU, crop {key} ({dist['mode']}) | {_pct(entry['miou'])} |")
-    if "official" in report:
-        off = report["official"]
-        lines.append(f"| official Cityscapes mIoU | {off.get('error') or _pct(off.get('miou'))} |")
-    tolerances = list(report.get("boundary_f", {}).keys())
-    lines += ["", "| class | IoU | accuracy | " + " | ".join(f"F@{t}px" for t in tolerances) + " |",
-              "|---|---|---|" + "---|" * len(tolerances)]
-    for name, iou in report["iou_per_class"].items():
-        fs = [_pct(report["boundary_f"][t]["f_per_class"].get(name)) for t in tolerances]
-        lines.append(f"| {name} | {_pct(iou)} | {_pct(report['accuracy_per_class'].get(name))} | " + " | ".join(fs) + " |")
-    if "iou_per_category" in report:
-        lines += ["", "| category | IoU |", "|---|---|"]
-        lines += [f"| {k} | {_pct(v)} |" for k, v in report["iou_per_category"].items()]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(report: dict, out_dir: str) -> tuple:
-    """Writes ``metrics.json`` and ``metrics.md`` atomically; returns their paths."""
-    os.makedirs(out_dir, exist_ok=True)
-    json_path = os.path.join(out_dir, METRICS_JSON)
-    md_path = os.path.join(out_dir, METRICS_MD)
-    atomic_write_text(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
-    atomic_write_text(md_path, markdown_report(report))
-    return json_path, md_path

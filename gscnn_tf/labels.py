@@ -14,7 +14,7 @@ from cityscapesscripts.helpers import labels as _cs
 IGNORE_LABEL = 255
 NUM_CLASSES = 19
 
-_TRAIN = sorted((l for l in _cs.labels if 0 <= l.trainId < 255), key=lambda l: l.trainId)
+_TRAIN = sorted((l for l in _cs.labels if 0 <= l.trainId < IGNORE_LABEL), key=lambda l: l.trainId)
 CLASS_NAMES: tuple = tuple(l.name for l in _TRAIN)
 # RGB colours of the train classes, as in Cityscapes' *_color.png files.
 CLASS_COLORS: np.ndarray = np.array([l.color for l in _TRAIN], dtype=np.uint8)
@@ -34,7 +34,7 @@ def label_id_to_train_id_lut() -> np.ndarray:
     lut = np.full(256, IGNORE_LABEL, dtype=np.uint8)
     for l in _cs.labels:
         if l.id >= 0:
-            lut[l.id] = 255 if l.trainId < 0 else l.trainId
+            lut[l.id] = IGNORE_LABEL if l.trainId < 0 else l.trainId
     return lut
 
 

@@ -55,8 +55,9 @@ def load_predictor(path: str, config_path: Optional[str] = None, version: Option
                    with_probabilities: bool = False) -> Predictor:
     """A SavedModel (a version dir or an export root: highest version) or any checkpoint
     :func:`gscnn_tf.checkpoints.load_inference_model` accepts."""
-    from gscnn_tf.export.saved_model import (IMAGE_TENSOR_SIGNATURE, TENSOR_INPUT, build_serving_module,
-                                             find_saved_model, is_saved_model_path)
+    from gscnn_tf.export.serving_graph import build_serving_module
+    from gscnn_tf.export.signatures import IMAGE_TENSOR_SIGNATURE, TENSOR_INPUT
+    from gscnn_tf.export.versions import find_saved_model, is_saved_model_path
 
     if is_saved_model_path(path) or version is not None:
         directory = find_saved_model(path, version)

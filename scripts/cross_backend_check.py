@@ -71,7 +71,7 @@ def make(directory: str) -> None:
 
     from gscnn_tf import labels as cs_labels
     from gscnn_tf.backbones import normalization_for
-    from gscnn_tf.data.synthetic import render_scene
+    from gscnn_tf.data.scene import render_scene
     from gscnn_tf.losses import boundary_map
 
     if keras.backend.backend() != "tensorflow":

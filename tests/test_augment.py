@@ -68,7 +68,8 @@ def test_random_scale_respects_the_range():
     label = tf.zeros((100, 160), tf.uint8)
     heights = []
     for i in range(40):
-        out_image, out_label = aug.random_scale(image, label, 0.5, 2.0, aug.RandomSource([3, i]))
+        # A crop larger than any scaled size: the window is the whole scaled image.
+        out_image, out_label = aug.random_scale_and_crop(image, label, 0.5, 2.0, (400, 400), aug.RandomSource([3, i]))
         h, w = out_label.shape
         assert 50 <= h <= 200 and 80 <= w <= 320
         assert abs(w / h - 1.6) < 0.03  # aspect ratio kept

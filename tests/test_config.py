@@ -49,3 +49,31 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_config(str(bad))
+
+
+@pytest.mark.parametrize(
+    "yaml_text, field, message",
+    [
+        ('train: {backup_save_freq: "500"}', "train.backup_save_freq", "expected an integer or 'epoch', got '500'"),
+        ("train: {backup_save_freq: 0}", "train.backup_save_freq", "'epoch' or a number of steps >= 1"),
+        ("train: {jit_compile: sometimes}", "train.jit_compile", "expected true/false or 'auto'"),
+        ("data: {crop_size: [64, 64.5]}", r"data.crop_size\[1\]", "expected an integer"),
+        ("data: {min_scale: 2.0, max_scale: 1.0}", "data.min_scale/max_scale", "min_scale <= max_scale"),
+        ("eval: {scales: []}", "eval.scales", "non-empty"),
+        ("loss: {ignore_label: 300}", "loss.ignore_label", "0..255"),
+    ],
+)
+def test_bad_values_in_a_file_name_the_file_and_the_field(tmp_path, yaml_text, field, message):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml_text + "\n")
+    with pytest.raises(ConfigError, match=f"exp.yaml: {field}: .*{message}"):
+        load_config(str(path))
+
+
+def test_typed_fields_keep_their_accepted_forms():
+    cfg = load_config(None, ["train.backup_save_freq=500", "train.jit_compile=false", "model.sync_batchnorm=auto",
+                             "eval.boundary_tolerances_px=[2, 4.5]"])
+    assert cfg.train.backup_save_freq == 500 and cfg.train.jit_compile is False
+    assert cfg.model.sync_batchnorm == "auto" and cfg.eval.boundary_tolerances_px == [2, 4.5]
+    with pytest.raises(ConfigError, match="override 'train.epochs=0': train.epochs: must be >= 1"):
+        load_config(None, ["train.epochs=0"])

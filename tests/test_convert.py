@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 
 from gscnn_tf import labels
-from gscnn_tf.data import convert
+from gscnn_tf.data import convert, label_maps, shards
+from gscnn_tf.data.verify import VerificationError, verify
 from gscnn_tf.data.cityscapes import ConversionError, discover_cityscapes
 from gscnn_tf.data.synthetic import generate_synthetic_cityscapes
 from gscnn_tf.data.tfexample import decode_example, parse_example
@@ -131,7 +132,7 @@ def test_manifest_contents(converted):
 # --------------------------------------------------------------------------- verify
 def test_verify_passes_then_fails_naming_the_flipped_shard(converted, tmp_path, capsys):
     out, _ = converted
-    assert convert.verify(out) == {"test": {"num_examples": 2, "num_shards": 2},
+    assert verify(out) == {"test": {"num_examples": 2, "num_shards": 2},
                                    "train": {"num_examples": 4, "num_shards": 2},
                                    "val": {"num_examples": 2, "num_shards": 2}}
     copy = str(tmp_path / "copy")
@@ -140,9 +141,9 @@ def test_verify_passes_then_fails_naming_the_flipped_shard(converted, tmp_path, 
     data = bytearray(open(victim, "rb").read())
     data[len(data) // 2] ^= 0x01
     open(victim, "wb").write(bytes(data))
-    with pytest.raises(convert.VerificationError, match="val_fine-00001-of-00002.tfrecord"):
-        convert.verify(copy)
-    convert.verify(copy, splits=["train"])  # the other splits are still fine
+    with pytest.raises(VerificationError, match="val_fine-00001-of-00002.tfrecord"):
+        verify(copy)
+    verify(copy, splits=["train"])  # the other splits are still fine
     rc, err = run_cli(["verify", "--out", copy], capsys)
     assert rc == 1 and "val_fine-00001-of-00002.tfrecord" in err and "sha256" in err
 
@@ -164,8 +165,8 @@ def test_verify_decodes_records_and_finds_bad_labels(converted, tmp_path):
     m = json.load(open(mpath))
     m["shards"][0].update(sha256=digest(path), bytes=os.path.getsize(path))
     json.dump(m, open(mpath, "w"))
-    with pytest.raises(convert.VerificationError) as e:
-        convert.verify(copy, splits=["val"])
+    with pytest.raises(VerificationError) as e:
+        verify(copy, splits=["val"])
     msg = str(e.value)
     assert "label values [77]" in msg and "duplicate filename x" in msg and "header says" in msg
     assert "3 records, manifest says 1" not in msg and "2 records, manifest says 1" in msg
@@ -178,8 +179,8 @@ def test_verify_reports_missing_and_unlisted_shards(converted, tmp_path):
     os.remove(os.path.join(copy, "train_fine-00000-of-00002.tfrecord"))
     shutil.copy(os.path.join(copy, "val_fine-00000-of-00002.tfrecord"),
                 os.path.join(copy, "val_fine-00000-of-00009.tfrecord"))
-    with pytest.raises(convert.VerificationError) as e:
-        convert.verify(copy)
+    with pytest.raises(VerificationError) as e:
+        verify(copy)
     assert "train_fine-00000-of-00002.tfrecord: shard missing" in str(e.value)
     assert "val_fine-00000-of-00009.tfrecord: shard not listed" in str(e.value)
 
@@ -187,7 +188,7 @@ def test_verify_reports_missing_and_unlisted_shards(converted, tmp_path):
 # --------------------------------------------------------------------------- resume / interrupt
 def test_rerun_skips_complete_shards_and_is_deterministic(root, tmp_path):
     out = str(tmp_path / "out")
-    convert.convert_samples(discover_cityscapes(root, "train"), out, "train", convert.cityscapes_mapping(),
+    convert.convert_samples(discover_cityscapes(root, "train"), out, "train", label_maps.cityscapes_mapping(),
                             num_shards=2)
     before = {f: (os.stat(os.path.join(out, f)).st_mtime_ns, digest(os.path.join(out, f))) for f in shard_files(out)}
     convert.convert_cityscapes(root, out, splits=("train",), num_shards=2)
@@ -203,18 +204,30 @@ def test_rerun_skips_complete_shards_and_is_deterministic(root, tmp_path):
     # A different shard count replaces the old shards (no mixture of plans is left).
     convert.convert_cityscapes(root, out, splits=("train",), num_shards=3)
     assert shard_files(out) == [f"train_fine-{i:05d}-of-00003.tfrecord" for i in range(3)]
-    convert.verify(out)
+    verify(out)
 
 
-def test_interrupt_leaves_only_complete_shards_and_rerun_completes(root, tmp_path, capsys):
-    out = str(tmp_path / "out")
+def interrupt_encoding_at(monkeypatch, n: int):
+    """Makes the n-th record encoding raise KeyboardInterrupt; returns the real encoder."""
+    real = shards.encode_sample
+    calls = []
 
-    def interrupt(shard, record):
-        if shard == 1 and record == 0:
+    def encode_then_interrupt(*a, **k):
+        calls.append(1)
+        if len(calls) == n:
             raise KeyboardInterrupt
+        return real(*a, **k)
 
+    monkeypatch.setattr(shards, "encode_sample", encode_then_interrupt)
+    return real
+
+
+def test_interrupt_leaves_only_complete_shards_and_rerun_completes(root, tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / "out")
+    real = interrupt_encoding_at(monkeypatch, 3)  # first record of the second shard (2 train images per shard)
     with pytest.raises(KeyboardInterrupt):
-        convert.convert_cityscapes(root, out, splits=("train",), num_shards=2, _on_record=interrupt)
+        convert.convert_cityscapes(root, out, splits=("train",), num_shards=2)
+    monkeypatch.setattr(shards, "encode_sample", real)
     assert shard_files(out) == ["train_fine-00000-of-00002.tfrecord"]
     assert leftovers(out) == [] and not os.path.exists(os.path.join(out, "train_manifest.json"))
     side = json.load(open(os.path.join(out, ".train_fine-00000-of-00002.tfrecord.json")))
@@ -226,7 +239,7 @@ def test_interrupt_leaves_only_complete_shards_and_rerun_completes(root, tmp_pat
     assert rc == 0, err
     assert os.stat(os.path.join(out, "train_fine-00000-of-00002.tfrecord")).st_mtime_ns == first  # resumed
     assert len(shard_files(out)) == 2
-    convert.verify(out)
+    verify(out)
 
 
 def test_worker_failure_midway_names_file_and_cleans_up(root, tmp_path, capsys):
@@ -246,21 +259,12 @@ def test_worker_failure_midway_names_file_and_cleans_up(root, tmp_path, capsys):
     open(victim, "wb").write(good)
     rc, err = run_cli(["cityscapes", "--root", root, "--out", out, "--splits", "val", "--num-shards", "2"], capsys)
     assert rc == 0 and len(shard_files(out)) == 2
-    convert.verify(out)
+    verify(out)
 
 
 def test_cli_interrupt_exits_nonzero_and_keeps_only_complete_shards(root, tmp_path, capsys, monkeypatch):
     out = str(tmp_path / "out")
-    real = convert.encode_sample
-    calls = []
-
-    def encode_then_interrupt(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:  # first record of the second shard (2 train images per shard)
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(convert, "encode_sample", encode_then_interrupt)
+    real = interrupt_encoding_at(monkeypatch, 3)  # first record of the second shard (2 train images per shard)
     rc, err = run_cli(["cityscapes", "--root", root, "--out", out, "--splits", "train", "--num-shards", "2"], capsys)
     assert rc == 130 and "interrupted" in err and "rerun" in err
     assert shard_files(out) == ["train_fine-00000-of-00002.tfrecord"] and leftovers(out) == []
@@ -270,10 +274,10 @@ def test_cli_interrupt_exits_nonzero_and_keeps_only_complete_shards(root, tmp_pa
         rerun.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(convert, "encode_sample", counting)
+    monkeypatch.setattr(shards, "encode_sample", counting)
     rc, err = run_cli(["cityscapes", "--root", root, "--out", out, "--splits", "train", "--num-shards", "2"], capsys)
     assert rc == 0 and len(rerun) == 2  # only the unfinished shard's 2 images were encoded again
-    convert.verify(out)
+    verify(out)
 
 
 def test_stale_temporary_files_are_removed(root, tmp_path):
@@ -381,7 +385,7 @@ def test_output_directory_not_writable(root, tmp_path, capsys, monkeypatch):
     def deny(*a, **k):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(convert.tempfile, "mkstemp", deny)  # what a read-only directory does to a non-root user
+    monkeypatch.setattr(shards.tempfile, "mkstemp", deny)  # what a read-only directory does to a non-root user
     rc, err = run_cli(["cityscapes", "--root", root, "--out", str(tmp_path / "o2"), "--splits", "val"], capsys)
     assert rc == 1 and "o2: output directory is not writable (Permission denied)" in err
 
@@ -401,7 +405,7 @@ def test_official_zip_layout_gives_identical_records(src, converted, tmp_path):
     ref_out, ref = converted
     for split in ("train", "val", "test"):
         assert [s["sha256"] for s in manifests[split]["shards"]] == [s["sha256"] for s in ref[split]["shards"]]
-    convert.verify(out)
+    verify(out)
     # A missing label archive is named.
     os.remove(zroot / "gtFine_trainvaltest.zip")
     with pytest.raises(ConversionError, match="gtFine_trainvaltest.zip"):
@@ -446,7 +450,7 @@ def test_generic_folder_with_label_map(tmp_path, capsys):
         np.testing.assert_array_equal(label, lut[expected[name][1]])
     m = json.load(open(os.path.join(out, "val_manifest.json")))
     assert m["label_mapping"]["mapping"] == {"0": 255, "10": 0, "20": 1} and m["train_ids"] == [0, 1, 255]
-    convert.verify(out)
+    verify(out)
 
     # Unmapped values: error (naming the file) or ignore, as the user chooses.
     json_map = tmp_path / "map.json"

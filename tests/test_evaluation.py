@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from gscnn_tf.config import EvalConfig
-from gscnn_tf import evaluation
+from gscnn_tf import eval_report, evaluation, inference
 from gscnn_tf.metrics import distance
 
 K = 5
@@ -103,12 +103,12 @@ def _conv_model(kernel_size, seed):
 def test_flip_and_equal_size_scales_on_flip_equivariant_model_equal_single_scale():
     model = _conv_model(1, seed=2)  # per-pixel: flip-equivariant
     image = tf.random.normal((1, 32, 48, 3), seed=3)
-    single = evaluation.Predictor(model, [1.0], flip=False).probabilities(image).numpy()
+    single = inference.MultiScalePredictor(model, [1.0], flip=False).probabilities(image).numpy()
     # 32 * 1.03 and 48 * 1.03 round to the same multiples of 8, so every variant is the same input
-    multi = evaluation.Predictor(model, [1.0, 1.03], flip=True).probabilities(image).numpy()
+    multi = inference.MultiScalePredictor(model, [1.0, 1.03], flip=True).probabilities(image).numpy()
     np.testing.assert_allclose(multi, single, atol=1e-6)
     labels = np.asarray(tf.argmax(single[0], -1))
-    np.testing.assert_array_equal(evaluation.Predictor(model, [1.0, 1.03], True).labels(image), labels)
+    np.testing.assert_array_equal(inference.MultiScalePredictor(model, [1.0, 1.03], True).labels(image), labels)
 
 
 def test_multiscale_flip_averages_resized_softmax_and_flips_back():
@@ -119,7 +119,7 @@ def test_multiscale_flip_averages_resized_softmax_and_flips_back():
     image = tf.random.normal((1, 40, 56, 3), seed=5)
     expected = np.zeros((1, 40, 56, K))
     for s, size in ((0.75, (32, 40)), (1.0, (40, 56)), (1.5, (64, 88))):  # 30->32, 42->40; 60->64, 84->88 (half up)
-        assert evaluation.scaled_size(40, 56, s) == size
+        assert inference.stride_aligned_size(40, 56, s) == size
         x = tf.image.resize(image, size)
         for flip in (False, True):
             xi = x[:, :, ::-1] if flip else x
@@ -135,10 +135,10 @@ def test_multiscale_flip_averages_resized_softmax_and_flips_back():
         return original_call(inputs, *a, **k)
 
     model.call = spy
-    got = evaluation.Predictor(model, [0.75, 1.0, 1.5], flip=True).probabilities(image).numpy()
+    got = inference.MultiScalePredictor(model, [0.75, 1.0, 1.5], flip=True).probabilities(image).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert sorted(set(seen)) == [(32, 40), (40, 56), (64, 88)]
-    assert evaluation.scaled_size(10, 10, 0.1) == (8, 8)
+    assert inference.stride_aligned_size(10, 10, 0.1) == (8, 8)
 
 
 def test_official_cityscapes_evaluation_agrees(tmp_path):
@@ -177,14 +177,14 @@ def test_official_evaluation_error_is_reported_not_exited(tmp_path):
 def test_write_report_is_atomic(tmp_path):
     labels = _label_maps(n=1)
     report = evaluation.evaluate(_echo_model(), _dataset(labels), _cfg(), num_classes=K, distance_mode=None)
-    json_path, md_path = evaluation.write_report(report, str(tmp_path))
+    json_path, md_path = eval_report.write_report(report, str(tmp_path))
     assert json.load(open(json_path))["miou"] == pytest.approx(1.0)
     text = open(md_path).read()
     assert "| mIoU | 100.00 |" in text and "| class_0 |" in text
     before = open(json_path).read()
     broken = dict(report, miou=float("nan"))  # not valid JSON -> the write fails
     with pytest.raises(ValueError):
-        evaluation.write_report(broken, str(tmp_path))
+        eval_report.write_report(broken, str(tmp_path))
     assert open(json_path).read() == before
     assert sorted(os.listdir(tmp_path)) == ["metrics.json", "metrics.md"]  # no temporary files left
 

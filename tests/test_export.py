@@ -19,6 +19,7 @@ import tensorflow as tf
 from gscnn_tf import labels as label_tables
 from gscnn_tf.config import load_config
 from gscnn_tf.export import saved_model as sm
+from gscnn_tf.export import serving_graph, signatures, versions
 from gscnn_tf.export import warmup
 
 NUM_CLASSES = 19
@@ -282,8 +283,8 @@ def test_mixed_size_batch_is_padded_and_independent_of_batch(fresh):
         h, w = out["mixed/height"][i], out["mixed/width"][i]
         np.testing.assert_array_equal(out["mixed/classes"][i, :h, :w], out[f"single/{name}/classes"][0])
         np.testing.assert_allclose(out["mixed/edge"][i, :h, :w], out[f"single/{name}/edge"][0], atol=1e-6)
-        assert (out["mixed/classes"][i, h:, :] == sm.CLASSES_FILL).all()
-        assert (out["mixed/classes"][i, :, w:] == sm.CLASSES_FILL).all()
+        assert (out["mixed/classes"][i, h:, :] == signatures.CLASSES_FILL).all()
+        assert (out["mixed/classes"][i, :, w:] == signatures.CLASSES_FILL).all()
         assert (out["mixed/edge"][i, h:, :] == 0).all() and (out["mixed/probabilities"][i, :, w:] == 0).all()
     assert out["empty/classes"].shape == (0, 0, 0) and out["empty/height"].shape == (0,)
     # equal sizes run as one batch: same answers as one at a time
@@ -329,7 +330,7 @@ def test_versions_overwrite_and_atomicity(tmp_path):
     assert first.endswith(os.sep + "1")
     os.makedirs(os.path.join(root, "7"))  # versions are integers; the next one follows the highest
     os.makedirs(os.path.join(root, "notes"))
-    assert sm.next_version(root) == 8
+    assert versions.next_version(root) == 8
     with pytest.raises(FileExistsError, match="already exists"):
         sm.export_saved_model(standin, config, root, version=1, **kw)
     marker = os.path.join(first, "marker")
@@ -342,15 +343,15 @@ def test_versions_overwrite_and_atomicity(tmp_path):
     with pytest.raises(ValueError):
         sm.export_saved_model(standin, config, root, version=9, warmup_size=(0, 4), **kw)
     assert sorted(os.listdir(root)) == ["1", "7", "notes"]
-    assert sm.find_saved_model(root) == first  # "7" holds no saved_model.pb: not a usable version
+    assert versions.find_saved_model(root) == first  # "7" holds no saved_model.pb: not a usable version
     with pytest.raises(FileNotFoundError):
-        sm.find_saved_model(root, version=7)
+        versions.find_saved_model(root, version=7)
 
 
 def test_pad_modes_agree_on_multiples_of_8_and_mean_mode_pads_with_mean(standin):
     config = standin_config()
-    edge_mod = sm.build_serving_module(standin, config)
-    mean_mod = sm.build_serving_module(standin, config, pad_mode="mean")
+    edge_mod = serving_graph.build_serving_module(standin, config)
+    mean_mod = serving_graph.build_serving_module(standin, config, pad_mode="mean")
     img = warmup.synthetic_image(16, 24)[None]
     a, b = edge_mod.serve_images(img), mean_mod.serve_images(img)
     np.testing.assert_array_equal(a["classes"], b["classes"])
@@ -362,7 +363,7 @@ def test_pad_modes_agree_on_multiples_of_8_and_mean_mode_pads_with_mean(standin)
 
 
 def test_max_pixels_rejects_large_images_readably():
-    module = sm.build_serving_module(build_tiny_model(), standin_config(), max_pixels=24 * 32)
+    module = serving_graph.build_serving_module(build_tiny_model(), standin_config(), max_pixels=24 * 32)
     small, big = warmup.synthetic_image(24, 32), warmup.synthetic_image(25, 32)
     assert module.serve_bytes(tf.constant([warmup.encode(small)]))["classes"].shape == (1, 24, 32)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes\[1\] is 25x32 pixels, more than"):
@@ -395,7 +396,7 @@ def _with_jpeg_size(jpeg: bytes, height: int, width: int) -> bytes:
 def test_max_pixels_reads_each_formats_header_before_decoding():
     import struct
 
-    module = sm.build_serving_module(build_tiny_model(), standin_config(), max_pixels=24 * 32)
+    module = serving_graph.build_serving_module(build_tiny_model(), standin_config(), max_pixels=24 * 32)
     small, big = warmup.synthetic_image(24, 32), warmup.synthetic_image(25, 32)
     for fmt in ("PNG", "JPEG", "GIF", "BMP"):
         out = module.serve_bytes(tf.constant([_encode(small, fmt)]))
@@ -417,7 +418,7 @@ def test_max_pixels_reads_each_formats_header_before_decoding():
     assert module.serve_bytes(tf.constant([_encode(small, "PNG")]))["height"].numpy().tolist() == [24]
 
     # Without a limit nothing is read ahead: the same bytes reach the decoder, which rejects them.
-    unlimited = sm.build_serving_module(build_tiny_model(), standin_config())
+    unlimited = serving_graph.build_serving_module(build_tiny_model(), standin_config())
     with pytest.raises(tf.errors.InvalidArgumentError) as error:
         unlimited.serve_bytes(tf.constant([bombs["PNG"]]))
     assert "pixels, more than" not in str(error.value)
@@ -461,7 +462,7 @@ def test_real_gscnn_mobilenet_export(tmp_path):
     config = standin_config()
     keras.utils.set_random_seed(1)
     model = build_gscnn(config.model)
-    assert sm.normalization_for_config(config) == normalization_for("mobilenetv2")
+    assert serving_graph.normalization_for_config(config) == normalization_for("mobilenetv2")
     path = sm.export_saved_model(model, config, str(tmp_path / "models"), warmup_size=(48, 64))
     serve = tf.saved_model.load(path).signatures["serving_default"]
     image = warmup.synthetic_image(64, 64, seed=5)

@@ -19,7 +19,8 @@ import time
 
 import pytest
 
-from gscnn_tf.data import convert
+from gscnn_tf.data import convert, shards
+from gscnn_tf.data.verify import verify
 from gscnn_tf.data.cityscapes import discover_cityscapes
 from gscnn_tf.data.synthetic import generate_synthetic_cityscapes
 from tfrecords_tools import convert_cityscapes as convert_cli
@@ -90,7 +91,7 @@ def test_failed_reconversion_keeps_the_published_split(cs_root, tmp_path, capsys
         {k: v for k, v in before.items() if k.startswith("val")}  # old val shards + manifest untouched
     assert sorted(k for k in after if k.startswith("train_fine")) == \
         [f"train_fine-{i:05d}-of-00003.tfrecord" for i in range(3)]
-    assert convert.verify(out)["val"] == {"num_examples": 2, "num_shards": 2}
+    assert verify(out)["val"] == {"num_examples": 2, "num_shards": 2}
     # The train split (6 images): re-convert into 4 shards with one bad image -> old 3 shards kept.
     tvictim = sorted(s.image.path for s in discover_cityscapes(cs_root, "train"))[0]
     tgood = _corrupt_middle(tvictim)
@@ -99,14 +100,14 @@ def test_failed_reconversion_keeps_the_published_split(cs_root, tmp_path, capsys
                             "--num-shards", "4"], capsys)
     assert rc == 1 and tvictim in err and len(err.strip().splitlines()) == 1
     assert {k: v for k, v in _snapshot(out).items() if k.startswith("train")} == train_before
-    convert.verify(out)
+    verify(out)
     # Fixed input: the rerun completes the new split and swaps it in, no staging left.
     open(victim, "wb").write(good)
     open(tvictim, "wb").write(tgood)
     rc, err = _run_convert(["cityscapes", "--root", cs_root, "--out", out, "--splits", "train", "val",
                             "--num-shards", "4"], capsys)
     assert rc == 0, err
-    report = convert.verify(out)
+    report = verify(out)
     assert report["train"] == {"num_examples": 6, "num_shards": 4} and report["val"]["num_shards"] == 2
     assert not glob.glob(os.path.join(out, ".*staging*"))
 
@@ -114,7 +115,7 @@ def test_failed_reconversion_keeps_the_published_split(cs_root, tmp_path, capsys
 def test_interrupted_swap_is_finished_by_the_next_run(cs_root, tmp_path, monkeypatch):
     out = str(tmp_path / "out")
     convert.convert_cityscapes(cs_root, out, splits=("train",), num_shards=2)
-    real = convert._move_shard
+    real = shards.move_shard
     calls = []
 
     def move_then_die(*a):
@@ -123,16 +124,16 @@ def test_interrupted_swap_is_finished_by_the_next_run(cs_root, tmp_path, monkeyp
             raise KeyboardInterrupt  # killed in the middle of the swap
         return real(*a)
 
-    monkeypatch.setattr(convert, "_move_shard", move_then_die)
+    monkeypatch.setattr(shards, "move_shard", move_then_die)
     with pytest.raises(KeyboardInterrupt):
         convert.convert_cityscapes(cs_root, out, splits=("train",), num_shards=3)
-    monkeypatch.setattr(convert, "_move_shard", real)
+    monkeypatch.setattr(shards, "move_shard", real)
     assert not os.path.exists(os.path.join(out, "train_manifest.json"))  # half-swapped: no manifest claims it
     encoded = []
-    monkeypatch.setattr(convert, "encode_sample", lambda *a, **k: encoded.append(1))
+    monkeypatch.setattr(shards, "encode_sample", lambda *a, **k: encoded.append(1))
     manifest = convert.convert_cityscapes(cs_root, out, splits=("train",), num_shards=3)["train"]
     assert encoded == []  # everything came from the staged shards
-    assert manifest["num_shards"] == 3 and convert.verify(out)["train"]["num_shards"] == 3
+    assert manifest["num_shards"] == 3 and verify(out)["train"]["num_shards"] == 3
 
 
 def _children(pid):
@@ -183,14 +184,14 @@ def test_killed_parallel_conversion_leaves_no_orphan_workers(cs_src, tmp_path, s
                           "--out", out, "--splits", "train", "--num-shards", "3", "--quiet"], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert convert.verify(out)["train"]["num_shards"] == 3
+    assert verify(out)["train"]["num_shards"] == 3
 
 
 def test_second_converter_on_the_same_out_is_refused(cs_root, tmp_path, capsys):
     out = str(tmp_path / "out")
     os.makedirs(out)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from gscnn_tf.data.convert import output_lock\n"
+        [sys.executable, "-c", "import sys; from gscnn_tf.data.shards import output_lock\n"
          f"with output_lock({out!r}):\n    print('held', flush=True); sys.stdin.read()"],
         cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -228,7 +229,7 @@ def test_disk_full_during_conversion_is_one_line_and_leaves_no_partial_shard(cs_
     assert "No space left on device" in lines[0] and out in lines[0]
     assert not [p for p in os.listdir(out) if ".tmp" in p]
     for shard in glob.glob(os.path.join(out, "*.tfrecord")):  # whatever is left is complete
-        side = json.load(open(convert.sidecar_path(shard)))
+        side = json.load(open(shards.sidecar_path(shard)))
         assert side["sha256"] == _digest(shard)
 
 
@@ -238,6 +239,8 @@ import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
 from gscnn_tf.export import saved_model as sm  # noqa: E402
+from gscnn_tf.export import serving_graph, versions  # noqa: E402
+from gscnn_tf.utils.serving_limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_PIXELS  # noqa: E402
 from gscnn_tf.export import warmup  # noqa: E402
 
 from test_export import build_tiny_model, standin_config  # noqa: E402  (tests/ is on sys.path)
@@ -270,8 +273,8 @@ def _png(h, w, seed=0):
 def test_batches_run_in_bounded_chunks_with_the_same_results():
     model, recorder = _recording_model()
     config = standin_config()
-    chunked = sm.build_serving_module(model, config, chunk_pixels=24 * 32)  # one 24x32 image per network call
-    whole = sm.build_serving_module(model, config, chunk_pixels=0)
+    chunked = serving_graph.build_serving_module(model, config, chunk_pixels=24 * 32)  # one 24x32 image per network call
+    whole = serving_graph.build_serving_module(model, config, chunk_pixels=0)
     batch = tf.constant([_png(24, 30, seed=i) for i in range(3)])  # padded to 24x32
     recorder.largest.assign(0)
     got = chunked.serve_bytes(batch)
@@ -282,7 +285,7 @@ def test_batches_run_in_bounded_chunks_with_the_same_results():
     for key in ("classes", "edge", "height", "width"):
         np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), atol=1e-6)
     pixels = tf.constant(np.stack([warmup.synthetic_image(16, 16, seed=i) for i in range(5)]))
-    two = sm.build_serving_module(model, config, chunk_pixels=2 * 16 * 16)
+    two = serving_graph.build_serving_module(model, config, chunk_pixels=2 * 16 * 16)
     recorder.largest.assign(0)
     got = two.serve_images(pixels)
     assert int(recorder.largest.numpy()) == 2 and got["classes"].shape == (5, 16, 16)
@@ -290,7 +293,7 @@ def test_batches_run_in_bounded_chunks_with_the_same_results():
 
 
 def test_request_pixel_limit_names_the_element_and_defaults_are_safe():
-    module = sm.build_serving_module(build_tiny_model(), standin_config(), max_request_pixels=3 * 24 * 32)
+    module = serving_graph.build_serving_module(build_tiny_model(), standin_config(), max_request_pixels=3 * 24 * 32)
     small = _png(24, 32)
     assert module.serve_bytes(tf.constant([small] * 3))["classes"].shape == (3, 24, 32)
     with pytest.raises(tf.errors.InvalidArgumentError,
@@ -303,11 +306,11 @@ def test_request_pixel_limit_names_the_element_and_defaults_are_safe():
     from gscnn_tf.cli import export as export_cli
 
     args = export_cli.build_parser().parse_args(["--checkpoint", "x", "--export-dir", "y"])
-    assert args.max_pixels == sm.DEFAULT_MAX_PIXELS > 0 and args.max_request_pixels == sm.DEFAULT_MAX_REQUEST_PIXELS > 0
+    assert args.max_pixels == DEFAULT_MAX_PIXELS > 0 and args.max_request_pixels == DEFAULT_MAX_REQUEST_PIXELS > 0
 
 
 def test_truncated_jpeg_in_a_batch_names_its_element_and_empty_tensor_batch_is_refused():
-    module = sm.build_serving_module(build_tiny_model(), standin_config())
+    module = serving_graph.build_serving_module(build_tiny_model(), standin_config())
     jpeg = warmup.encode(warmup.synthetic_image(40, 48), "jpeg")
     good = _png(24, 32)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes\[2\] is a truncated JPEG"):
@@ -339,7 +342,7 @@ def test_export_refuses_non_finite_weights_naming_the_checkpoint(tmp_path, capsy
                           "--log-level", "WARNING"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "diverged.keras" in err and "NaN or Inf" in err
-    assert sm.existing_versions(root) == [] and not [n for n in os.listdir(root) if n.startswith(".")] \
+    assert versions.existing_versions(root) == [] and not [n for n in os.listdir(root) if n.startswith(".")] \
         if os.path.isdir(root) else True
 
 
@@ -364,7 +367,7 @@ def test_next_export_removes_temp_dirs_of_killed_exports_only(tmp_path):
     sm.export_saved_model(build_tiny_model(), standin_config(), root, warmup=False, verify=False)
     assert [d for d in killed if os.path.exists(d)] == []
     assert all(os.path.exists(p) for p in user + [tmp_file])
-    assert sm.existing_versions(root) == [1]
+    assert versions.existing_versions(root) == [1]
 
 
 def _modes(root):

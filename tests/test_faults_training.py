@@ -165,6 +165,18 @@ class _Killed(BaseException):
     """Stands in for SIGKILL: nothing catches it and no later write happens."""
 
 
+def _kill_when_publishing(monkeypatch, name: str) -> None:
+    """Makes the atomic rename that would publish a file called ``name`` raise _Killed."""
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if os.path.basename(dst) == name:
+            raise _Killed(dst)
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("victim", ["best.weights.h5", "last.weights.h5", "training_log.csv"])
 def test_kill_between_the_epoch_end_writes_is_completed_by_the_rerun(synthetic_tfrecords, tmp_path, monkeypatch, victim):
@@ -173,14 +185,7 @@ def test_kill_between_the_epoch_end_writes_is_completed_by_the_rerun(synthetic_t
 
     run = str(tmp_path / "run")
     cfg = tiny_experiment_config(synthetic_tfrecords, run)
-    real_replace = os.replace
-
-    def replace(src, dst, *args, **kwargs):
-        if os.path.basename(dst) == victim:
-            raise _Killed(dst)
-        return real_replace(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, "replace", replace)
+    _kill_when_publishing(monkeypatch, victim)
     with pytest.raises(_Killed):
         train(cfg)
     monkeypatch.undo()
@@ -235,14 +240,7 @@ def test_an_epoch_written_twice_leaves_one_csv_row(synthetic_tfrecords, tmp_path
 
     run = str(tmp_path / "run")
     cfg = tiny_experiment_config(synthetic_tfrecords, run, epochs=2)
-    real_replace = os.replace
-
-    def replace(src, dst, *args, **kwargs):
-        if os.path.basename(dst) == "training_log.csv":
-            raise _Killed(dst)
-        return real_replace(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, "replace", replace)
+    _kill_when_publishing(monkeypatch, "training_log.csv")
     with pytest.raises(_Killed):
         train(cfg)
     monkeypatch.undo()

@@ -9,7 +9,7 @@ from gscnn_tf.training.distribute import cpu_mirrored_strategy
 import tensorflow as tf
 
 from gscnn_tf.config import DataConfig
-from gscnn_tf.data import pipeline, tfds_source
+from gscnn_tf.data import pipeline, shard_checks, tfds_source
 from gscnn_tf.data.tfexample import make_example
 from gscnn_tf.labels import label_ids_to_train_ids
 from gscnn_tf.losses.boundaries import boundary_map
@@ -226,7 +226,7 @@ def test_corrupt_records_name_the_file(tmp_path):
     data = open(good, "rb").read()
     with open(truncated, "wb") as f:
         f.write(data[: len(data) - 50])
-    found = pipeline.find_corrupt_records(str(tmp_path / "cut-*.tfrecord"))
+    found = shard_checks.find_corrupt_records(str(tmp_path / "cut-*.tfrecord"))
     assert [p for p, _ in found] == [truncated]
 
 

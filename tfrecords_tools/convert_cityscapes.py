@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from gscnn_tf.cli.common import configure_logging
+from gscnn_tf.cli.common import add_common_flags, configure_logging
 
 log = logging.getLogger("gscnn-convert")
 PROG = "gscnn-convert"
@@ -23,13 +23,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="parallel writer processes (one shard each at a time); 1 = in this process")
     p.add_argument("--force", action="store_true",
                    help="rewrite every shard (default: keep shards whose sidecar checksum and inputs match)")
-    _logging_flags(p)
-
-
-def _logging_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quiet", action="store_true", help="only warnings and errors, no progress bar")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                   help="logging verbosity (DEBUG also shows TensorFlow's start-up lines)")
+    add_common_flags(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "label values of every split (or --splits) in --out.")
     v.add_argument("--out", required=True, help="directory holding the shards and *_manifest.json")
     v.add_argument("--splits", nargs="+", default=None, help="splits to verify (default: every manifest found)")
-    _logging_flags(v)
+    add_common_flags(v)
     return p
 
 
@@ -79,12 +73,13 @@ def main(argv=None) -> int:
     # Worker processes import TensorFlow themselves (quietly); the parent only when it writes.
     configure_logging(args, tensorflow=args.command == "verify" or args.workers <= 1)
     from gscnn_tf.data.cityscapes import ConversionError
-    from gscnn_tf.data import convert
+    from gscnn_tf.data import convert, label_maps
+    from gscnn_tf.data.verify import VerificationError, verify
 
     progress = not args.quiet and sys.stderr.isatty()
     try:
         if args.command == "verify":
-            report = convert.verify(args.out, args.splits, progress=progress)
+            report = verify(args.out, args.splits, progress=progress)
             for split, r in report.items():
                 log.info("%s: OK (%d records in %d shards)", split, r["num_examples"], r["num_shards"])
             print("verify: OK " + ", ".join(f"{s}={r['num_examples']}" for s, r in report.items()))
@@ -98,15 +93,15 @@ def main(argv=None) -> int:
         else:
             if args.labels and not args.label_map:
                 raise ConversionError("--label-map is required with --labels")
-            mapping = (convert.load_label_map(args.label_map, args.unmapped) if args.label_map
-                       else convert.cityscapes_mapping())
+            mapping = (label_maps.load_label_map(args.label_map, args.unmapped) if args.label_map
+                       else label_maps.cityscapes_mapping())
             manifests = {args.split: convert.convert_folder(
                 args.images, args.labels, args.out, mapping, split=args.split, label_suffix=args.label_suffix,
                 num_shards=args.num_shards, workers=args.workers, progress=progress, force=args.force)}
         for split, m in manifests.items():
             log.info("%s: %d images in %d shards", split, m["num_examples"], m["num_shards"])
         return 0
-    except (ConversionError, convert.VerificationError) as e:
+    except (ConversionError, VerificationError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from gscnn_tf.cli.common import configure_logging
+from gscnn_tf.cli.common import add_common_flags, configure_logging
 
 log = logging.getLogger("gscnn-synthetic")
 
@@ -27,9 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=256, help="image height in pixels (>= 32)")
     p.add_argument("--width", type=int, default=512, help="image width in pixels (>= 32)")
     p.add_argument("--seed", type=int, default=0, help="random seed; each image depends only on (seed, split, index)")
-    p.add_argument("--quiet", action="store_true", help="only warnings and errors, no progress bar")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                   help="logging verbosity")
+    add_common_flags(p)
     return p
 
 

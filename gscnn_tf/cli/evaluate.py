@@ -118,7 +118,8 @@ def main(argv=None) -> int:
 
     from gscnn_tf.backbones import normalization_for
     from gscnn_tf.data.pipeline import build_eval_dataset
-    from gscnn_tf.evaluation import evaluate, markdown_report, write_report
+    from gscnn_tf.eval_report import markdown_report, write_report
+    from gscnn_tf.evaluation import evaluate
 
     try:
         dataset = build_eval_dataset(cfg.data, normalization_for(cfg.model.backbone), with_filenames=True,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from gscnn_tf.cli.common import configure_logging
+from gscnn_tf.cli.common import add_common_flags, configure_logging
 from gscnn_tf.utils.serving_limits import DEFAULT_CHUNK_PIXELS, DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_PIXELS
 
 logger = logging.getLogger("gscnn_tf.export")
@@ -75,8 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-warmup", action="store_true", help="do not write assets.extra/tf_serving_warmup_requests")
     p.add_argument("--no-verify", action="store_true",
                    help="skip reloading the written SavedModel and comparing it with the in-memory model")
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-                   help="logging verbosity (default INFO; DEBUG also shows TensorFlow's start-up lines)")
+    add_common_flags(p)
     return p
 
 

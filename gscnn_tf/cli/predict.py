@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from gscnn_tf.cli.common import configure_logging
+from gscnn_tf.cli.common import add_common_flags, configure_logging
 
 logger = logging.getLogger("gscnn_tf.predict")
 
@@ -57,9 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-file-size", type=int, default=64 * 2**20, metavar="BYTES",
                    help="skip (and report) input files larger than this; only regular files are read, so a FIFO or "
                    "a device never hangs the run (default 67108864 = 64 MiB; 0 = no limit)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar, warnings and errors only")
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-                   help="logging verbosity (default INFO; DEBUG also shows TensorFlow's start-up lines)")
+    add_common_flags(p)
     return p
 
 

@@ -22,6 +22,8 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
+from gscnn_tf.labels import IGNORE_LABEL
+
 # Fixed tags folded into the element seed: one per random draw, so adding a draw later
 # does not change the others.
 _TAG_SCALE = 1
@@ -101,14 +103,6 @@ def scale_image_and_label(image: tf.Tensor, label: tf.Tensor, scale) -> tuple:
     return out_image, tf.cast(out_label, label.dtype)
 
 
-def random_scale(image, label, min_scale: float, max_scale: float, rng: RandomSource) -> tuple:
-    """Scale factor uniform in [min_scale, max_scale]; see :func:`scale_image_and_label`."""
-    if min_scale == max_scale == 1.0:
-        return _as_float_image(image), label
-    scale = rng.uniform(_TAG_SCALE, min_scale, max_scale)
-    return scale_image_and_label(image, label, scale)
-
-
 def _bilinear_taps(start, length, in_size, ratio):
     """tf.image.resize (bilinear, half-pixel centres) source taps of output rows
     ``start .. start + length - 1``: lower/upper indices and the interpolation weight,
@@ -180,17 +174,6 @@ def random_scale_and_crop(image, label, min_scale: float, max_scale: float, crop
     return scale_and_crop(image, label, (out_h, out_w), (y0, x0, h, w))
 
 
-def random_crop_window(image, label, crop_size: Sequence[int], rng: RandomSource) -> tuple:
-    """Crops a random window of ``min(size, crop)`` along each axis (no padding yet)."""
-    shape = tf.shape(label)
-    crop_h, crop_w = int(crop_size[0]), int(crop_size[1])
-    h = tf.minimum(shape[0], crop_h)
-    w = tf.minimum(shape[1], crop_w)
-    y0 = rng.uniform_int(_TAG_CROP_Y, shape[0] - h + 1)
-    x0 = rng.uniform_int(_TAG_CROP_X, shape[1] - w + 1)
-    return image[y0 : y0 + h, x0 : x0 + w], label[y0 : y0 + h, x0 : x0 + w]
-
-
 def pad_to_size(image, label, crop_size: Sequence[int], pad_color: Sequence[float], ignore_label: int, rng: RandomSource) -> tuple:
     """Pads (at a random offset) to exactly ``crop_size``: the image with ``pad_color``
     (RGB, 0..255), the label with ``ignore_label``. Larger inputs are an error."""
@@ -211,12 +194,6 @@ def pad_to_size(image, label, crop_size: Sequence[int], pad_color: Sequence[floa
     image = tf.ensure_shape(image, [crop_h, crop_w, 3])
     label = tf.ensure_shape(label, [crop_h, crop_w])
     return image, label
-
-
-def random_crop_and_pad(image, label, crop_size, pad_color, ignore_label, rng: RandomSource) -> tuple:
-    """Random crop to ``crop_size``, padding where the input is smaller (see above)."""
-    image, label = random_crop_window(_as_float_image(image), label, crop_size, rng)
-    return pad_to_size(image, label, crop_size, pad_color, ignore_label, rng)
 
 
 def random_flip(image, label, rng: RandomSource, prob: float = 0.5) -> tuple:
@@ -318,7 +295,7 @@ def augment(
     hflip: bool = True,
     color_jitter: float = 0.25,
     blur_prob: float = 0.5,
-    ignore_label: int = 255,
+    ignore_label: int = IGNORE_LABEL,
     seed: Optional[tf.Tensor] = None,
 ) -> tuple:
     """The full training augmentation of one example.
@@ -372,12 +349,9 @@ __all__ = [
     "pad_to_size",
     "random_blur",
     "random_color_jitter",
-    "random_crop_and_pad",
-    "random_crop_window",
     "random_flip",
     "random_scale_and_crop",
     "scale_and_crop",
-    "random_scale",
     "scale_image_and_label",
     "scaled_size",
 ]

@@ -24,6 +24,8 @@ import zipfile
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
+from gscnn_tf.utils.image_formats import PNG_SIGNATURE
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
@@ -33,7 +35,6 @@ IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
 _NAME_RE = re.compile(r"^(?P<city>[A-Za-z0-9-]+)_(?P<seq>\d{6})_(?P<frame>\d{6})$")
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_TAIL = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 

@@ -24,36 +24,31 @@ augmentation is ``tf.random.stateless_*`` on a seed derived from ``(seed, elemen
 index, input pipeline id, file name)``; the same seed gives the same batches. Otherwise
 the order may vary and the augmentation uses the fast stateful ops.
 
-A read error from a corrupt shard (``DataLossError``) does not carry the file name in
-TensorFlow; :func:`find_corrupt_records` scans a pattern and names the bad file
-(:func:`describe_data_error` turns such an error into one line). Image/label bytes that
-are not PNG/JPEG, and a label whose size differs from its image's, fail with the shard
-path and the image's filename in the message. :func:`check_shards` compares the shards
-a pattern matches with the converter's manifest before training starts.
+Image/label bytes that are not PNG/JPEG, and a label whose size differs from its
+image's, fail with the shard path and the image's filename in the message (prefix
+:data:`gscnn_tf.data.shard_checks.RECORD_ERROR`). Checks of the shard files themselves
+(against the converter's manifest, corrupt records, one-line read errors) are in
+:mod:`gscnn_tf.data.shard_checks`.
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
-import re
 from typing import Optional, Sequence, Union
 
 import tensorflow as tf
 
 from gscnn_tf.data import augment as aug
+from gscnn_tf.data.shard_checks import RECORD_ERROR, list_shards
 from gscnn_tf.data.tfexample import IMAGE_ENCODED, IMAGE_FILENAME, LABEL_ENCODED, decode_example, parse_example
+from gscnn_tf.labels import IGNORE_LABEL
 from gscnn_tf.losses.boundaries import boundary_map
+from gscnn_tf.utils.image_formats import JPEG_SOI, PNG_SIGNATURE
 
 logger = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
 STAGES = ("parse", "decode", "augment", "full")
 _DEFAULT_SEED = 0
-_PNG_MAGIC = b"\x89PNG"
-_JPEG_MAGIC = b"\xff\xd8\xff"
-_RECORD_ERROR = "corrupt record"  # prefix of the record checks' messages (describe_data_error finds it)
 
 Normalization = Union[str, Sequence]
 
@@ -61,7 +56,7 @@ Normalization = Union[str, Sequence]
 # ----------------------------------------------------------------------------- targets
 
 
-def boundary_targets(labels: tf.Tensor, radius: float, ignore_label: int = 255) -> tf.Tensor:
+def boundary_targets(labels: tf.Tensor, radius: float, ignore_label: int = IGNORE_LABEL) -> tf.Tensor:
     """GT boundary maps of a batch of train-id labels (B, H, W) -> float32 (B, H, W)."""
     return tf.cast(boundary_map(labels, radius, ignore_label), tf.float32)
 
@@ -91,152 +86,6 @@ def normalize_image(image: tf.Tensor, mean, std) -> tf.Tensor:
     return (tf.cast(image, tf.float32) - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
-def denormalize_image(image: tf.Tensor, mean, std) -> tf.Tensor:
-    return tf.cast(image, tf.float32) * tf.constant(std, tf.float32) + tf.constant(mean, tf.float32)
-
-
-def list_shards(pattern: str, field_name: str = "data.train_pattern") -> list:
-    """Sorted files matching ``pattern``; clear errors for an empty or unmatched pattern."""
-    if not pattern:
-        raise ValueError(f"{field_name} is empty: set it to a glob of TFRecord shards")
-    files = sorted(tf.io.gfile.glob(pattern))
-    if not files:
-        raise FileNotFoundError(f"no files match {field_name} = {pattern!r}")
-    return files
-
-
-def find_corrupt_records(pattern: str) -> list:
-    """Reads every record of every shard; returns ``[(path, error message)]`` of bad files.
-
-    TensorFlow's ``DataLossError`` ("corrupted record at N") does not name the file; run
-    this (or ``python -m gscnn_tf.data.pipeline PATTERN``) to find it.
-    """
-    bad = []
-    for path in list_shards(pattern, "pattern"):
-        try:
-            for _ in tf.data.TFRecordDataset(path):
-                pass
-        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
-            bad.append((path, _short_tf_message(exc.message or str(exc))))
-    return bad
-
-
-def _short_tf_message(text: str) -> str:
-    """The last line of a TensorFlow op error without its function/op decorations."""
-    line = text.strip().splitlines()[-1] if text.strip() else ""
-    line = re.sub(r"\{\{[^}]*\}\}\s*", "", line)
-    return re.sub(r"\s*\[Op:[^\]]*\].*$", "", line).strip()
-
-
-class ShardCheckError(ValueError):
-    """The shards a pattern matches do not agree with the converter's manifest."""
-
-
-def _few(names: list, n: int = 5) -> str:
-    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
-
-
-def check_shards(pattern: str, field_name: str = "data.train_pattern") -> Optional[int]:
-    """Checks the shards matching ``pattern`` against the converter's manifest(s) next to them.
-
-    The converter writes ``{split}_manifest.json`` listing every shard with its size
-    (:mod:`gscnn_tf.data.convert`). Refused, naming the files: a shard a manifest lists
-    that is missing, a matched shard no manifest lists (left over from an earlier
-    conversion), a shard whose size differs from the manifest's (truncated or changed).
-    A pattern may select a subset of a split's shards. Shards without any manifest next
-    to them (made by other tools) are used as they are, with a warning.
-
-    Returns:
-      the number of records in the matched shards per the manifests, or None when some
-      shards have no manifest.
-    """
-    files = list_shards(pattern, field_name)
-    by_dir: dict = {}
-    for path in files:
-        by_dir.setdefault(os.path.dirname(path), []).append(os.path.basename(path))
-    problems, total, covered = [], 0, True
-    for directory, names in by_dir.items():
-        listed = {}  # shard file -> (manifest path, shard info)
-        manifests = {}
-        for mpath in sorted(tf.io.gfile.glob(os.path.join(directory, "*_manifest.json"))):
-            try:
-                with tf.io.gfile.GFile(mpath, "r") as f:
-                    manifest = json.load(f)
-                shards = list(manifest["shards"])
-                for info in shards:
-                    listed[str(info["file"])] = (mpath, info)
-            except (ValueError, KeyError, TypeError, tf.errors.OpError) as exc:
-                problems.append(f"{mpath}: unreadable manifest ({exc}); re-run the conversion")
-                continue
-            manifests[mpath] = shards
-        if not listed:
-            if not problems:
-                logger.warning("%s: no converter manifest next to the shards of %s = %r; cannot check that none "
-                               "is missing", directory, field_name, pattern)
-            covered = False
-            continue
-        unlisted = [n for n in names if n not in listed]
-        if unlisted:
-            problems.append(f"{field_name} = {pattern!r} matches {len(unlisted)} shard(s) in {directory} that no "
-                            f"manifest lists: {_few(unlisted)} (left over from an earlier conversion? delete them, "
-                            "or re-run the conversion)")
-        for mpath in sorted({listed[n][0] for n in names if n in listed}):
-            expected = [str(info["file"]) for info in manifests[mpath]]
-            missing = [f for f in expected if not tf.io.gfile.exists(os.path.join(directory, f))]
-            if missing:
-                problems.append(f"{mpath} lists {len(expected)} shards, {len(missing)} of them missing: "
-                                f"{_few(missing)}; re-run the conversion")
-            selected = [f for f in expected if f in names]
-            if len(selected) < len(expected) - len(missing):
-                logger.info("%s = %r selects %d of the %d shards of %s", field_name, pattern, len(selected),
-                            len(expected), mpath)
-        for name in names:
-            if name not in listed:
-                continue
-            info = listed[name][1]
-            size = tf.io.gfile.stat(os.path.join(directory, name)).length
-            if info.get("bytes") is not None and size != int(info["bytes"]):
-                problems.append(f"{os.path.join(directory, name)}: {size} bytes, {listed[name][0]} says "
-                                f"{info['bytes']} (truncated or changed); re-run the conversion")
-            total += int(info.get("num_examples", 0))
-    if problems:
-        raise ShardCheckError("; ".join(problems))
-    return total if covered else None
-
-
-def describe_data_error(exc: tf.errors.OpError, patterns: Sequence[str]) -> Optional[str]:
-    """One line for a data error met while iterating a dataset, naming the shard, or None.
-
-    ``DataLossError`` (a corrupt or truncated shard) does not name the file in
-    TensorFlow: the shards of ``patterns`` are scanned (:func:`find_corrupt_records`) to
-    find it. The record checks of this pipeline (``corrupt record: ...``) name the shard
-    and the image's filename themselves.
-    """
-    text = exc.message if getattr(exc, "message", None) else str(exc)
-    if isinstance(exc, tf.errors.DataLossError):
-        bad = []
-        for pattern in patterns:
-            with contextlib.suppress(ValueError, FileNotFoundError):
-                bad += find_corrupt_records(pattern)
-        if bad:
-            return f"corrupt shard {bad[0][0]}: {bad[0][1]}" + (
-                f" (and {len(bad) - 1} more corrupt shard(s))" if len(bad) > 1 else "") + \
-                "; `python -m gscnn_tf.data.pipeline PATTERN` lists them; re-run the conversion"
-        return f"corrupt data while reading {', '.join(patterns) or 'the dataset'}: {_short_tf_message(text)}"
-    if _RECORD_ERROR in text:
-        line = next(l for l in text.splitlines() if _RECORD_ERROR in l)
-        # tf.debugging.Assert prints its data as "[text] [b'value'] ..."; keep the words only.
-        parts = [p.strip() for p in line[line.index(_RECORD_ERROR):].replace("] [", "\x00").split("\x00")]
-        cleaned = []
-        for part in parts:
-            part = part.strip("[]").strip()
-            if part.startswith(("b'", 'b"')) and part[-1:] in ("'", '"'):
-                part = part[2:-1]
-            cleaned.append(part)
-        return " ".join(cleaned).strip() + "; re-run the conversion"
-    return None
-
-
 def _options(deterministic: bool) -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = deterministic
@@ -246,12 +95,12 @@ def _options(deterministic: bool) -> tf.data.Options:
 
 
 def _check_encoded(data: tf.Tensor, what: str, path: tf.Tensor, filename: tf.Tensor, allow_empty: bool) -> tf.Tensor:
-    head = tf.strings.substr(data, 0, 4)
-    ok = tf.logical_or(tf.equal(head, _PNG_MAGIC), tf.equal(tf.strings.substr(data, 0, 3), _JPEG_MAGIC))
+    ok = tf.logical_or(tf.equal(tf.strings.substr(data, 0, len(PNG_SIGNATURE)), PNG_SIGNATURE),
+                       tf.equal(tf.strings.substr(data, 0, len(JPEG_SOI)), JPEG_SOI))
     if allow_empty:
         ok = tf.logical_or(ok, tf.equal(tf.strings.length(data), 0))
     return tf.debugging.Assert(
-        ok, [f"{_RECORD_ERROR}: {what} is not a PNG/JPEG image; shard:", path, "image/filename:", filename], summarize=1
+        ok, [f"{RECORD_ERROR}: {what} is not a PNG/JPEG image; shard:", path, "image/filename:", filename], summarize=1
     )
 
 
@@ -269,7 +118,7 @@ def _decode_tfrecord(path: tf.Tensor, serialized: tf.Tensor) -> tuple:
     image_hw, label_hw = tf.shape(image)[:2], tf.shape(label)[:2]
     same = tf.debugging.Assert(
         tf.reduce_all(tf.equal(image_hw, label_hw)),
-        [f"{_RECORD_ERROR}: label size differs from the image's (label HxW, image HxW:", label_hw, image_hw,
+        [f"{RECORD_ERROR}: label size differs from the image's (label HxW, image HxW:", label_hw, image_hw,
          "); shard:", path, "image/filename:", filename], summarize=2,
     )
     with tf.control_dependencies([same]):
@@ -476,20 +325,3 @@ def build_eval_dataset(
 
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.batch(1).prefetch(AUTOTUNE).with_options(_options(True))
-
-
-def _main(argv=None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Find corrupt TFRecord shards (names the file).")
-    parser.add_argument("pattern")
-    args = parser.parse_args(argv)
-    bad = find_corrupt_records(args.pattern)
-    for path, message in bad:
-        print(f"{path}: {message}")
-    print(f"{len(bad)} corrupt file(s)")
-    return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

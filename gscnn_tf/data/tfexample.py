@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from gscnn_tf.labels import IGNORE_LABEL
+
 IMAGE_ENCODED = "image/encoded"
 IMAGE_FILENAME = "image/filename"
 IMAGE_FORMAT = "image/format"
@@ -81,6 +83,6 @@ def decode_example(parsed: dict) -> tuple:
     label = tf.cond(
         has_label,
         lambda: tf.io.decode_png(parsed[LABEL_ENCODED], channels=1)[..., 0],
-        lambda: tf.fill(tf.shape(image)[:2], tf.constant(255, tf.uint8)),
+        lambda: tf.fill(tf.shape(image)[:2], tf.constant(IGNORE_LABEL, tf.uint8)),
     )
     return image, label, parsed[IMAGE_FILENAME]

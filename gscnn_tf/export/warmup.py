@@ -20,6 +20,8 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from gscnn_tf.export.signatures import BYTES_INPUT, DEFAULT_SIGNATURE, IMAGE_TENSOR_SIGNATURE, TENSOR_INPUT
+
 WARMUP_DIR = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
 
@@ -89,8 +91,6 @@ def load_or_make_samples(images: Optional[Sequence] = None, size: tuple = (256, 
 def build_warmup_logs(samples: Sequence[bytes], model_name: str = "gscnn") -> list:
     """The PredictionLog records for ``samples`` (see the module docstring)."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
-
-    from gscnn_tf.export.saved_model import BYTES_INPUT, DEFAULT_SIGNATURE, IMAGE_TENSOR_SIGNATURE, TENSOR_INPUT
 
     def log(signature: str, key: str, proto) -> "prediction_log_pb2.PredictionLog":
         request = predict_pb2.PredictRequest(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from gscnn_tf.labels import IGNORE_LABEL
 from gscnn_tf.losses.segmentation import DictLoss, global_sum, labels_of, pixel_cross_entropy
 
 
@@ -23,7 +24,7 @@ class AttentionLoss(DictLoss):
     (B, H, W, K), ``y_pred["edge"]`` (B, H, W, 1) or (B, H, W) probability -> scalar.
     """
 
-    def __init__(self, threshold: float = 0.8, ignore_label: int = 255, name="attention", **kwargs):
+    def __init__(self, threshold: float = 0.8, ignore_label: int = IGNORE_LABEL, name="attention", **kwargs):
         super().__init__(ignore_label=ignore_label, name=name, **kwargs)
         self.threshold = float(threshold)
 

@@ -22,6 +22,8 @@ import math
 
 import tensorflow as tf
 
+from gscnn_tf.labels import IGNORE_LABEL
+
 
 def _disc_offsets(radius: float) -> list:
     """All integer offsets (dy, dx) != (0, 0) with dy^2 + dx^2 <= radius^2."""
@@ -56,7 +58,7 @@ def _shift_differs(label: tf.Tensor, dy: int, dx: int) -> tf.Tensor:
     return tf.pad(differs, [[0, 0], [h0, h1], [w0, w1]], constant_values=False)
 
 
-def boundary_map(label, radius: float = 2.0, ignore_label: int = 255) -> tf.Tensor:
+def boundary_map(label, radius: float = 2.0, ignore_label: int = IGNORE_LABEL) -> tf.Tensor:
     """Binary semantic boundary map of a train-id label map.
 
     Args:

@@ -41,6 +41,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from gscnn_tf.labels import IGNORE_LABEL
 from gscnn_tf.losses.segmentation import DictLoss, global_sum, labels_of
 
 
@@ -106,7 +107,7 @@ class DualTaskLoss(DictLoss):
         epsilon: float = 1e-3,
         gumbel_noise: bool = True,
         seed=None,
-        ignore_label: int = 255,
+        ignore_label: int = IGNORE_LABEL,
         name="dual_task",
         **kwargs,
     ):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from gscnn_tf.labels import IGNORE_LABEL
 from gscnn_tf.losses.segmentation import DictLoss, global_sum, labels_of
 
 
@@ -35,7 +36,7 @@ class BalancedEdgeBCE(DictLoss):
             (1 - 1e-7 is representable in float32).
     """
 
-    def __init__(self, ignore_label: int = 255, epsilon: float = 1e-7, name="edge_bce", **kwargs):
+    def __init__(self, ignore_label: int = IGNORE_LABEL, epsilon: float = 1e-7, name="edge_bce", **kwargs):
         super().__init__(ignore_label=ignore_label, name=name, **kwargs)
         self.epsilon = float(epsilon)
 

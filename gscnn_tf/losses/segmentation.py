@@ -18,6 +18,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from gscnn_tf.labels import IGNORE_LABEL
+
 
 def _on_tensorflow() -> bool:
     return keras.backend.backend() == "tensorflow"
@@ -40,7 +42,7 @@ def global_sum(x):
     return x
 
 
-def labels_of(y_true, ignore_label: int = 255):
+def labels_of(y_true, ignore_label: int = IGNORE_LABEL):
     """(label int32 (B,H,W), valid float32 (B,H,W)) from the targets dict."""
     label = y_true["label"]
     if label.dtype != "int32":
@@ -49,7 +51,7 @@ def labels_of(y_true, ignore_label: int = 255):
     return label, valid
 
 
-def pixel_cross_entropy(label, logits, ignore_label: int = 255):
+def pixel_cross_entropy(label, logits, ignore_label: int = IGNORE_LABEL):
     """Per-pixel softmax cross-entropy, 0 at ignore pixels.
 
     Args:
@@ -87,7 +89,7 @@ class DictLoss(keras.losses.Loss):
     returns ``call``'s scalar unchanged (no Keras reduction, no replica scaling).
     """
 
-    def __init__(self, ignore_label: int = 255, name=None, reduction="sum_over_batch_size", dtype=None):
+    def __init__(self, ignore_label: int = IGNORE_LABEL, name=None, reduction="sum_over_batch_size", dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.ignore_label = int(ignore_label)
 
@@ -122,7 +124,7 @@ class SegmentationCrossEntropy(DictLoss):
     0 when no pixel is valid).
     """
 
-    def __init__(self, ignore_label: int = 255, name="seg_ce", **kwargs):
+    def __init__(self, ignore_label: int = IGNORE_LABEL, name="seg_ce", **kwargs):
         super().__init__(ignore_label=ignore_label, name=name, **kwargs)
 
     def call(self, y_true, y_pred):

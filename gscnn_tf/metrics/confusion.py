@@ -29,8 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from gscnn_tf import labels as _labels
-
-IGNORE_LABEL = 255
+from gscnn_tf.labels import IGNORE_LABEL
 
 
 # ----------------------------------------------------------------------------- NumPy

@@ -30,7 +30,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from gscnn_tf.metrics.confusion import IGNORE_LABEL, confusion_matrix, summarize
+from gscnn_tf.labels import IGNORE_LABEL
+from gscnn_tf.metrics.confusion import confusion_matrix, summarize
 
 DEFAULT_VANISHING_POINT = (0.5, 0.45)
 MODES = ("resize", "crop")

@@ -183,26 +183,26 @@ def _remove_stale_temporaries(model_dir: str) -> None:
 
 def _check_data(cfg: ExperimentConfig) -> Optional[int]:
     """Checks the shards against their manifests before anything is written; -> val records or None."""
-    from gscnn_tf.data import pipeline
+    from gscnn_tf.data import shard_checks
 
     if cfg.data.source != "tfrecord":
         return None
-    pipeline.check_shards(cfg.data.train_pattern, "data.train_pattern")
+    shard_checks.check_shards(cfg.data.train_pattern, "data.train_pattern")
     if cfg.data.val_pattern:
-        return pipeline.check_shards(cfg.data.val_pattern, "data.val_pattern")
+        return shard_checks.check_shards(cfg.data.val_pattern, "data.val_pattern")
     return None
 
 
 @contextlib.contextmanager
 def _naming_bad_data(cfg: ExperimentConfig):
     """A corrupt shard or record met while training -> one line naming it (TrainingFailed)."""
-    from gscnn_tf.data import pipeline
+    from gscnn_tf.data import shard_checks
 
     try:
         yield
     except tf.errors.OpError as exc:
         patterns = [p for p in (cfg.data.train_pattern, cfg.data.val_pattern) if p] if cfg.data.source == "tfrecord" else []
-        message = pipeline.describe_data_error(exc, patterns)
+        message = shard_checks.describe_data_error(exc, patterns)
         if message is None:
             raise
         raise TrainingFailed(message) from None

@@ -21,6 +21,7 @@ import tensorflow as tf
 from keras import ops
 
 from gscnn_tf.losses import TERM_NAMES
+from gscnn_tf.losses.segmentation import global_sum
 
 
 def _num_replicas() -> int:
@@ -30,13 +31,6 @@ def _num_replicas() -> int:
 def _in_multi_worker_mode() -> bool:
     strategy = tf.distribute.get_strategy()
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode()
-
-
-def _sum_over_replicas(x):
-    ctx = tf.distribute.get_replica_context()
-    if ctx is not None and ctx.num_replicas_in_sync > 1:
-        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, x)
-    return x
 
 
 class GSCNNTrainer(keras.Model):
@@ -81,7 +75,7 @@ class GSCNNTrainer(keras.Model):
             total = total + ops.sum(ops.stack([ops.cast(l, "float32") for l in self.losses])) / _num_replicas()
         # Log global values: Keras reads metric variables per replica (the logs show replica
         # 0's), so the shares are summed across replicas first; no gradient flows here.
-        logged = _sum_over_replicas(ops.stop_gradient(ops.stack([terms[n] for n in TERM_NAMES] + [total])))
+        logged = global_sum(ops.stack([terms[n] for n in TERM_NAMES] + [total]))
         for i, name in enumerate(TERM_NAMES):
             self.term_trackers[name].update_state(logged[i])
         self.total_tracker.update_state(logged[-1])

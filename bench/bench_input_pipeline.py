@@ -51,7 +51,8 @@ def _png(array: np.ndarray) -> bytes:
 def write_records(root: str, num_images: int, height: int, width: int, num_shards: int) -> str:
     from gscnn_tf.data.synthetic import render_scene
 
-    writers = [tf.io.TFRecordWriter(os.path.join(root, f"train_fine-{s:05d}-of-{num_shards:05d}.tfrecord")) for s in range(num_shards)]
+    names = [f"train_fine-{s:05d}-of-{num_shards:05d}.tfrecord" for s in range(num_shards)]
+    writers = [tf.io.TFRecordWriter(os.path.join(root, name)) for name in names]
     try:
         for i in range(num_images):
             scene = render_scene(height, width, np.random.default_rng(i))
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
             ("full pipeline, deterministic (stateless, ordered)", "full", True),
         ]
         datasets = []
-        for label, stage, deterministic in stages:
+        for _label, stage, deterministic in stages:
             cfg = DataConfig(
                 train_pattern=pattern,
                 crop_size=[crop, crop],

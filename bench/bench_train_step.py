@@ -220,7 +220,6 @@ def _model_config(model: str, shape_stream: bool):
 
 
 def _labels(batch, height, width, seed=0):
-    import numpy as np
 
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     from bench_model_gpu import _street_like_labels
@@ -467,7 +466,8 @@ def _run_in_subprocess(case: str, threads: int, reps: int) -> dict:
 
 def table(records) -> str:
     lines = [
-        "| case | threads | XLA | shape | old s | new s | new / old speed-up | images/s (old -> new) | GFLOP | of matmul peak (GFLOP/s) |",
+        "| case | threads | XLA | shape | old s | new s | new / old speed-up | images/s (old -> new) | GFLOP "
+        "| of matmul peak (GFLOP/s) |",
         "|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     inputs = []

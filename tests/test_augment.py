@@ -198,7 +198,8 @@ def test_fused_scale_and_crop_equals_full_resize_then_slice(scale):
     label = rng.integers(0, 19, size=(37, 53), dtype=np.uint8)
     full_image, full_label = aug.scale_image_and_label(tf.constant(image), tf.constant(label), scale)
     oh, ow = full_label.shape
-    for y0, x0, h, w in [(0, 0, oh, ow), (0, 0, min(oh, 9), min(ow, 11)), (oh - 5, ow - 7, 5, 7), (oh // 3, ow // 2, oh // 2, ow // 3)]:
+    windows = [(0, 0, oh, ow), (0, 0, min(oh, 9), min(ow, 11)), (oh - 5, ow - 7, 5, 7), (oh // 3, ow // 2, oh // 2, ow // 3)]
+    for y0, x0, h, w in windows:
         out_image, out_label = aug.scale_and_crop(tf.constant(image), tf.constant(label), (oh, ow), (y0, x0, h, w))
         np.testing.assert_allclose(out_image.numpy(), full_image.numpy()[y0 : y0 + h, x0 : x0 + w], atol=1e-4)
         np.testing.assert_array_equal(out_label.numpy(), full_label.numpy()[y0 : y0 + h, x0 : x0 + w])

@@ -15,10 +15,10 @@ import tensorflow as tf
 
 from gscnn_tf import labels
 from gscnn_tf.data import convert, label_maps, shards
-from gscnn_tf.data.verify import VerificationError, verify
 from gscnn_tf.data.cityscapes import ConversionError, discover_cityscapes
 from gscnn_tf.data.synthetic import generate_synthetic_cityscapes
 from gscnn_tf.data.tfexample import decode_example, parse_example
+from gscnn_tf.data.verify import VerificationError, verify
 from tfrecords_tools import convert_cityscapes as cli
 
 H, W = 64, 128
@@ -461,7 +461,7 @@ def test_generic_folder_with_label_map(tmp_path, capsys):
     rc, err = run_cli(["folder", "--images", imgs, "--labels", labs, "--label-map", str(json_map),
                        "--label-suffix", "_mask", "--unmapped", "ignore", "--out", str(tmp_path / "o3")], capsys)
     assert rc == 0, err
-    for image, label, name in records(str(tmp_path / "o3"), "train"):
+    for _image, label, name in records(str(tmp_path / "o3"), "train"):
         np.testing.assert_array_equal(label, lut[expected[name][1]])
 
     # Bad label maps and pairing.

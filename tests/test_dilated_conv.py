@@ -8,10 +8,9 @@ built from the plain Keras layers. A graph check proves the native path is reall
 """
 from unittest import mock
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 import tensorflow as tf
 
 from gscnn_tf.layers.dilated_conv import Conv2D as DilatedConv2D

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gscnn_tf.config import EvalConfig
 from gscnn_tf import eval_report, evaluation, inference
+from gscnn_tf.config import EvalConfig
 from gscnn_tf.metrics import distance
 
 K = 5

@@ -19,8 +19,7 @@ import tensorflow as tf
 from gscnn_tf import labels as label_tables
 from gscnn_tf.config import load_config
 from gscnn_tf.export import saved_model as sm
-from gscnn_tf.export import serving_graph, signatures, versions
-from gscnn_tf.export import warmup
+from gscnn_tf.export import serving_graph, signatures, versions, warmup
 
 NUM_CLASSES = 19
 MEAN = STD = (127.5, 127.5, 127.5)  # normalization_for("mobilenetv2")
@@ -412,7 +411,7 @@ def test_max_pixels_reads_each_formats_header_before_decoding():
         "GIF": b"GIF89a" + struct.pack("<HH", 30000, 20000) + b"\0" * 7,
         "BMP": b"BM" + b"\0" * 12 + struct.pack("<Iii", 40, 30000, -20000) + b"\0" * 28,
     }
-    for fmt, data in bombs.items():
+    for data in bombs.values():
         with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes\[0\] is 20000x30000 pixels, more than"):
             module.serve_bytes(tf.constant([data]))
     assert module.serve_bytes(tf.constant([_encode(small, "PNG")]))["height"].numpy().tolist() == [24]

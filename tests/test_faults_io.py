@@ -20,9 +20,9 @@ import time
 import pytest
 
 from gscnn_tf.data import convert, shards
-from gscnn_tf.data.verify import verify
 from gscnn_tf.data.cityscapes import discover_cityscapes
 from gscnn_tf.data.synthetic import generate_synthetic_cityscapes
+from gscnn_tf.data.verify import verify
 from tfrecords_tools import convert_cityscapes as convert_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -234,16 +234,18 @@ def test_disk_full_during_conversion_is_one_line_and_leaves_no_partial_shard(cs_
 
 
 # --------------------------------------------------------------------------- serving graph
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-import keras  # noqa: E402
+from test_export import build_tiny_model, standin_config  # noqa: E402  (tests/ is on sys.path)
 
 from gscnn_tf.export import saved_model as sm  # noqa: E402
-from gscnn_tf.export import serving_graph, versions  # noqa: E402
+from gscnn_tf.export import (  # noqa: E402
+    serving_graph,
+    versions,
+    warmup,  # noqa: E402
+)
 from gscnn_tf.utils.serving_limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_PIXELS  # noqa: E402
-from gscnn_tf.export import warmup  # noqa: E402
-
-from test_export import build_tiny_model, standin_config  # noqa: E402  (tests/ is on sys.path)
 
 
 class _BatchRecorder(keras.layers.Layer):

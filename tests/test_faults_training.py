@@ -15,7 +15,6 @@ import warnings
 
 import numpy as np
 import pytest
-
 from conftest import tiny_experiment_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,6 +93,7 @@ def _copy(trained_run, dest):
 @pytest.mark.slow
 def test_diverged_run_stops_with_an_error_and_keeps_every_good_file(synthetic_tfrecords, trained_run, tmp_path):
     import keras
+
     from gscnn_tf.training.errors import TrainingFailed
     from gscnn_tf.training.run import train
 
@@ -123,6 +123,7 @@ def test_diverged_run_stops_with_an_error_and_keeps_every_good_file(synthetic_tf
 
 def test_weights_check_finds_a_nan_by_name():
     import keras
+
     from gscnn_tf.checkpoints import all_weights_finite, non_finite_weights
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="head")])
@@ -181,6 +182,7 @@ def _kill_when_publishing(monkeypatch, name: str) -> None:
 @pytest.mark.parametrize("victim", ["best.weights.h5", "last.weights.h5", "training_log.csv"])
 def test_kill_between_the_epoch_end_writes_is_completed_by_the_rerun(synthetic_tfrecords, tmp_path, monkeypatch, victim):
     import keras
+
     from gscnn_tf.training.run import train
 
     run = str(tmp_path / "run")
@@ -211,6 +213,7 @@ def test_kill_between_the_epoch_end_writes_is_completed_by_the_rerun(synthetic_t
 def test_kill_during_validation_redoes_the_epoch_end(synthetic_tfrecords, tmp_path, monkeypatch):
     """Step backups every step: a kill in the epoch's validation must not resume past the epoch."""
     import keras
+
     from gscnn_tf.training.run import train
     from gscnn_tf.training.trainer import GSCNNTrainer
 
@@ -236,6 +239,7 @@ def test_kill_during_validation_redoes_the_epoch_end(synthetic_tfrecords, tmp_pa
 def test_an_epoch_written_twice_leaves_one_csv_row(synthetic_tfrecords, tmp_path, monkeypatch):
     """Kill at the CSV of epoch 1 of 2: the rerun writes epoch 1's row once, then epoch 2's."""
     import keras
+
     from gscnn_tf.training.run import train
 
     run = str(tmp_path / "run")
@@ -348,6 +352,7 @@ def test_a_corrupt_shard_stops_training_with_one_line_naming_it(synthetic_tfreco
 
 def test_a_record_whose_label_size_differs_is_refused_naming_it(tmp_path):
     import tensorflow as tf
+
     from gscnn_tf.data.tfexample import make_example
     from gscnn_tf.training.errors import TrainingFailed
     from gscnn_tf.training.run import train

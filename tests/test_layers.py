@@ -1,8 +1,7 @@
 """Gated-SCNN layers against independent NumPy computations, configs and failure cases."""
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 from gscnn_tf.layers import (
     BasicBlock,

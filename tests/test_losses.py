@@ -4,8 +4,6 @@ import math
 import keras
 import numpy as np
 import pytest
-
-from gscnn_tf.training.distribute import cpu_mirrored_strategy
 import tensorflow as tf
 from scipy import ndimage
 from scipy.special import log_softmax
@@ -19,6 +17,7 @@ from gscnn_tf.losses import (
     SegmentationCrossEntropy,
     boundary_map,
 )
+from gscnn_tf.training.distribute import cpu_mirrored_strategy
 
 IGNORE = 255
 K = 4
@@ -214,8 +213,8 @@ def test_combined_shares_one_cross_entropy_with_the_same_values_and_gradients():
         return value.numpy(), tape.gradient(value, logits).numpy()
 
     for name, standalone in (("seg", SegmentationCrossEntropy()), ("attention", AttentionLoss(threshold=0.8))):
-        shared = value_and_grad(lambda q: loss.terms(t, q)[name])
-        alone = value_and_grad(lambda q: standalone(t, q))
+        shared = value_and_grad(lambda q, name=name: loss.terms(t, q)[name])
+        alone = value_and_grad(lambda q, standalone=standalone: standalone(t, q))
         np.testing.assert_array_equal(shared[0], alone[0], err_msg=name)
         np.testing.assert_array_equal(shared[1], alone[1], err_msg=name)
         assert np.abs(shared[1]).max() > 0
@@ -362,7 +361,8 @@ def _tiny_model(k, edge_bias=0.0):
     h = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(x)
     h = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(h)
     seg = keras.layers.Conv2D(k, 1, name="seg_logits")(h)
-    edge = keras.layers.Conv2D(1, 1, activation="sigmoid", bias_initializer=keras.initializers.Constant(edge_bias), name="edge")(h)
+    edge_init = keras.initializers.Constant(edge_bias)
+    edge = keras.layers.Conv2D(1, 1, activation="sigmoid", bias_initializer=edge_init, name="edge")(h)
     return keras.Model(x, {"seg_logits": seg, "edge": edge})
 
 

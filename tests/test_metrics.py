@@ -3,12 +3,11 @@ import math
 
 import numpy as np
 import pytest
-
-from gscnn_tf.training.distribute import cpu_mirrored_strategy
 import scipy.ndimage
 
 from gscnn_tf import labels
 from gscnn_tf.metrics import boundary_f, confusion, distance
+from gscnn_tf.training.distribute import cpu_mirrored_strategy
 
 # ----------------------------------------------------------------------------- confusion
 

@@ -1,17 +1,15 @@
 """build_gscnn: output contract, ablations, serialisation, gradients, mixed precision, SyncBN."""
 import re
 
+import keras
 import numpy as np
 import pytest
-
-from gscnn_tf.training.distribute import cpu_mirrored_strategy
 import tensorflow as tf
-
-import keras
 
 import gscnn_tf.layers  # noqa: F401  (registers the custom layers for loading)
 from gscnn_tf.config import ModelConfig
 from gscnn_tf.model import build_gscnn
+from gscnn_tf.training.distribute import cpu_mirrored_strategy
 
 NUM_CLASSES = 5
 

@@ -4,8 +4,6 @@ import os
 import cv2
 import numpy as np
 import pytest
-
-from gscnn_tf.training.distribute import cpu_mirrored_strategy
 import tensorflow as tf
 
 from gscnn_tf.config import DataConfig
@@ -13,6 +11,7 @@ from gscnn_tf.data import pipeline, shard_checks, tfds_source
 from gscnn_tf.data.tfexample import make_example
 from gscnn_tf.labels import label_ids_to_train_ids
 from gscnn_tf.losses.boundaries import boundary_map
+from gscnn_tf.training.distribute import cpu_mirrored_strategy
 
 RESNET = ((123.68, 116.779, 103.939), (1.0, 1.0, 1.0))
 MOBILENET = ((127.5,) * 3, (127.5,) * 3)

@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import tiny_experiment_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,7 +50,7 @@ def test_single_device_run_writes_a_complete_run_directory(synthetic_tfrecords, 
         assert np.isfinite(float(rows[-1][key])), key
     # The logged total is the weighted sum of the logged terms (weights 20/1/1/1).
     last = rows[-1]
-    weighted = 20 * float(last["loss_edge_bce"]) + float(last["loss_seg"]) + float(last["loss_attention"]) + float(last["loss_dual_task"])
+    weighted = 20 * float(last["loss_edge_bce"]) + sum(float(last[k]) for k in ("loss_seg", "loss_attention", "loss_dual_task"))
     assert float(last["loss"]) == pytest.approx(weighted, rel=1e-3)
     # TensorBoard got scalars and images.
     assert any(p.name.startswith("events") for p in (run / "logs").rglob("*"))
@@ -77,6 +76,7 @@ def test_mirrored_two_replicas_with_syncbn_matches_single_device(synthetic_tfrec
     steps, so only one update is compared.
     """
     import keras
+
     from gscnn_tf.training.run import train
 
     histories = {}

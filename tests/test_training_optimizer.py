@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from gscnn_tf.training.optimizer import CoupledWeightDecaySGD, build_optimizer, poly_schedule
 from gscnn_tf.config import TrainConfig
+from gscnn_tf.training.optimizer import CoupledWeightDecaySGD, build_optimizer, poly_schedule
 
 
 def torch_sgd_reference(w0, grads, lr, momentum, wd):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+
 from gscnn_tf.cli.common import add_common_flags, configure_logging
 
 log = logging.getLogger("gscnn-convert")
@@ -72,8 +73,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     # Worker processes import TensorFlow themselves (quietly); the parent only when it writes.
     configure_logging(args, tensorflow=args.command == "verify" or args.workers <= 1)
-    from gscnn_tf.data.cityscapes import ConversionError
     from gscnn_tf.data import convert, label_maps
+    from gscnn_tf.data.cityscapes import ConversionError
     from gscnn_tf.data.verify import VerificationError, verify
 
     progress = not args.quiet and sys.stderr.isatty()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+
 from gscnn_tf.cli.common import add_common_flags, configure_logging
 from gscnn_tf.utils.serving_limits import DEFAULT_CHUNK_PIXELS, DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_PIXELS
 

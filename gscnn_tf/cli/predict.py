@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+
 from gscnn_tf.cli.common import add_common_flags, configure_logging
 
 logger = logging.getLogger("gscnn_tf.predict")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import pickle
+
 import numpy as np
 
 from gscnn_tf.convert.official_layout import is_unused_key

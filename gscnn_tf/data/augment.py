@@ -174,7 +174,9 @@ def random_scale_and_crop(image, label, min_scale: float, max_scale: float, crop
     return scale_and_crop(image, label, (out_h, out_w), (y0, x0, h, w))
 
 
-def pad_to_size(image, label, crop_size: Sequence[int], pad_color: Sequence[float], ignore_label: int, rng: RandomSource) -> tuple:
+def pad_to_size(
+    image, label, crop_size: Sequence[int], pad_color: Sequence[float], ignore_label: int, rng: RandomSource
+) -> tuple:
     """Pads (at a random offset) to exactly ``crop_size``: the image with ``pad_color``
     (RGB, 0..255), the label with ``ignore_label``. Larger inputs are an error."""
     shape = tf.shape(label)

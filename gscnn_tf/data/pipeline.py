@@ -222,10 +222,9 @@ def build_train_dataset(
         # even without reshuffling; deterministic mode must not reshuffle per iterator (above).
         ds = ds.shuffle(data_config.shuffle_buffer, seed=seed, reshuffle_each_iteration=not deterministic)
     options = _options(deterministic)
-    if _stop_after == "parse":
-        return ds.map(parse_fn, num_parallel_calls=AUTOTUNE, deterministic=deterministic).prefetch(AUTOTUNE).with_options(options)
-    if _stop_after == "decode":
-        return ds.map(decode_fn, num_parallel_calls=AUTOTUNE, deterministic=deterministic).prefetch(AUTOTUNE).with_options(options)
+    if _stop_after in ("parse", "decode"):
+        stage_fn = parse_fn if _stop_after == "parse" else decode_fn
+        return ds.map(stage_fn, num_parallel_calls=AUTOTUNE, deterministic=deterministic).prefetch(AUTOTUNE).with_options(options)
 
     def augment_one(index, *raw):
         image, label, filename = decode_fn(*raw)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-
 # Cityscapes label ids used by the generator.
 EGO_VEHICLE, OUT_OF_ROI, STATIC = 1, 3, 4
 ROAD, SIDEWALK, BUILDING, FENCE = 7, 8, 11, 13

@@ -45,7 +45,6 @@ from scipy.spatial import cKDTree
 
 from gscnn_tf.labels import IGNORE_LABEL
 
-
 _EPS_DIST = 1e-6  # float64 distances; sqrt(r**2 + 1) - r >> 1e-6 for any realistic r
 
 
@@ -96,10 +95,10 @@ def boundary_pixels(label_map: np.ndarray, num_classes: int) -> dict:
     lab = lab.astype(np.int64)
     height, width = lab.shape
     keys = []
-    for a, b, origin in (
-        (lab[:, :-1], lab[:, 1:], (0, 0)),  # right neighbour
-        (lab[:-1, :], lab[1:, :], (0, 0)),  # lower neighbour
-        (lab[:-1, :-1], lab[1:, 1:], (0, 0)),  # lower-right neighbour
+    for a, b in (
+        (lab[:, :-1], lab[:, 1:]),  # right neighbour
+        (lab[:-1, :], lab[1:, :]),  # lower neighbour
+        (lab[:-1, :-1], lab[1:, 1:]),  # lower-right neighbour
     ):
         ys, xs = np.nonzero(a != b)
         flat = ys * width + xs  # the pixel p itself (top-left of the pair)

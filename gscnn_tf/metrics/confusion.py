@@ -31,7 +31,6 @@ import tensorflow as tf
 from gscnn_tf import labels as _labels
 from gscnn_tf.labels import IGNORE_LABEL
 
-
 # ----------------------------------------------------------------------------- NumPy
 
 
@@ -54,7 +53,8 @@ def confusion_matrix(
     gt = gt[valid]
     pred = pred[valid]
     if pred.size and (pred.min() < 0 or pred.max() >= num_classes):
-        raise ValueError(f"prediction holds values outside [0, {num_classes}): {np.unique(pred[(pred < 0) | (pred >= num_classes)])[:5]}")
+        outside = np.unique(pred[(pred < 0) | (pred >= num_classes)])[:5]
+        raise ValueError(f"prediction holds values outside [0, {num_classes}): {outside}")
     counts = np.bincount(gt * num_classes + pred, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes).astype(np.int64)
 

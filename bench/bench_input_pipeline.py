@@ -5,7 +5,7 @@ PNG-encoded like Cityscapes), then times ``build_train_dataset`` cut after each 
 
   read+parse    TFRecord interleave, shuffle, tf.Example parsing
   +decode       PNG decoding of image and label
-  +augment      random scale, crop/pad, flip, colour jitter, blur, normalise, batch
+  +augment      random scale, crop/pad, flip, colour jitter, blur, batch
   +boundary     GT boundary maps of the augmented labels (= the full pipeline)
 
 Every stage runs on the same records with the same options (repeat, warm-up, then a
@@ -91,6 +91,21 @@ def time_dataset(ds: tf.data.Dataset, images_per_element: int, warmup: int, imag
     return n / wall, 1000.0 * cpu / n
 
 
+def stage_dataset(cfg, stage: str, batch_size: int):
+    """The training pipeline cut after ``stage`` ("parse", "decode", "augment" or "full")."""
+    if stage == "full":
+        return pipeline.build_train_dataset(cfg, batch_size, seed=0, repeat=True)
+    records, parse_fn, decode_fn = pipeline.shuffled_train_records(cfg, seed=0, repeat=True)
+    deterministic = bool(cfg.deterministic)
+    if stage == "augment":
+        ds = pipeline.augmented_examples(records, decode_fn, cfg, seed=0)
+        ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=pipeline.AUTOTUNE, deterministic=deterministic)
+    else:
+        ds = records.map(parse_fn if stage == "parse" else decode_fn, num_parallel_calls=pipeline.AUTOTUNE,
+                         deterministic=deterministic)
+    return ds.prefetch(pipeline.AUTOTUNE).with_options(pipeline.dataset_options(deterministic))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--num-images", type=int, default=32)
@@ -101,7 +116,6 @@ def main(argv=None) -> int:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--images", type=int, default=64, help="timed images per stage")
     parser.add_argument("--warmup", type=int, default=8, help="untimed images per stage")
-    parser.add_argument("--normalization", default="resnet50")
     parser.add_argument("--repeats", type=int, default=3, help="rounds over all stages; the best is reported")
     args = parser.parse_args(argv)
     crop = args.crop or max(8, round(800 * args.height / 1024))
@@ -116,7 +130,7 @@ def main(argv=None) -> int:
         stages = [
             ("read+parse", "parse", False),
             ("+decode", "decode", False),
-            ("+augment (+normalise, batch)", "augment", False),
+            ("+augment (+batch)", "augment", False),
             ("+boundary maps = full pipeline", "full", False),
             ("full pipeline, deterministic (stateless, ordered)", "full", True),
         ]
@@ -128,7 +142,7 @@ def main(argv=None) -> int:
                 shuffle_buffer=min(64, args.num_images),
                 deterministic=deterministic,
             )
-            ds = pipeline.build_train_dataset(cfg, args.batch_size, args.normalization, seed=0, repeat=True, _stop_after=stage)
+            ds = stage_dataset(cfg, stage, args.batch_size)
             datasets.append((ds, args.batch_size if stage in ("augment", "full") else 1))
         # Rounds over all stages, best round per stage: the stages see the same machine
         # load, and the best round is the least disturbed by other processes.

@@ -107,7 +107,6 @@ def run_case(case: str, args) -> dict:
     if keras.backend.backend() != "jax":
         raise SystemExit(f"bench_model_gpu: needs KERAS_BACKEND=jax, got {keras.backend.backend()}")
     sys.path.insert(0, ROOT)
-    from gscnn_tf.backbones import normalization_for
     from gscnn_tf.config import ModelConfig
 
     parts = case.split("-")  # kind-arch-policy, or canny-policy
@@ -122,27 +121,26 @@ def run_case(case: str, args) -> dict:
         from gscnn_tf.layers.canny import CannyEdges
 
         h, w = args.infer_size
-        mean, std = normalization_for(args.backbone)
-        layer = CannyEdges(10, 100, mean, std)
-        x = jax.device_put(rng.normal(0, 60, (1, h, w, 3)).astype("float32"))
+        layer = CannyEdges(10, 100)
+        x = jax.device_put(np.clip(rng.normal(128, 60, (1, h, w, 3)), 0, 255).astype("float32"))
         fn, compile_s, planned = _compile(jax.jit(lambda image: layer(image)), x)
         first, times = _time_calls(lambda: fn(x).block_until_ready(), args.steps)
         record.update(batch=1, height=h, width=w)
     else:
-        from gscnn_tf.model import build_gscnn
+        from gscnn_tf.model import GatedSCNN
 
         cfg = ModelConfig(
             backbone=args.backbone, output_stride=8, num_classes=19, shape_stream=(arch == "gscnn"),
             sync_batchnorm=False, mobilenet_alpha=1.0,
         )
-        model = build_gscnn(cfg)
+        model = GatedSCNN(cfg)
         record["params"] = int(model.count_params())
         tv = [v.value for v in model.trainable_variables]
         ntv = [v.value for v in model.non_trainable_variables]
         if kind == "infer":
             h, w = args.infer_size
             batch = 1
-            x = jax.device_put(rng.normal(0, 1, (batch, h, w, 3)).astype("float32"))
+            x = jax.device_put(rng.uniform(0, 255, (batch, h, w, 3)).astype("float32"))
 
             @jax.jit
             def infer(tv, ntv, image):
@@ -157,7 +155,7 @@ def run_case(case: str, args) -> dict:
 
             h, w = args.train_size
             batch = args.batch_size
-            x = jax.device_put(rng.normal(0, 1, (batch, h, w, 3)).astype("float32"))
+            x = jax.device_put(rng.uniform(0, 255, (batch, h, w, 3)).astype("float32"))
             label, boundary = _street_like_labels(batch, h, w)
             y = {"label": jax.device_put(label), "boundary": jax.device_put(boundary)}
             loss_fn = GSCNNLoss(use_edge_terms=(arch == "gscnn"), dual_task_seed=0)

@@ -34,16 +34,16 @@ def main(argv=None) -> int:
     h, w = (int(v) for v in args.size.lower().split("x"))
 
     from gscnn_tf.config import load_config
-    from gscnn_tf.model import build_gscnn
+    from gscnn_tf.model import GatedSCNN
 
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     cfg = load_config(os.path.join(root, "configs", "cityscapes_wrn38_official.yaml"))
     start = time.perf_counter()
-    model = build_gscnn(cfg.model)
+    model = GatedSCNN(cfg.model)
     print(f"build: {time.perf_counter() - start:.1f} s, {model.count_params():,} parameters, peak RSS {_peak_gib():.2f} GiB")
 
     forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    x = tf.constant(np.random.RandomState(0).normal(size=(1, h, w, 3)).astype(np.float32))
+    x = tf.constant(np.random.RandomState(0).uniform(0, 255, size=(1, h, w, 3)).astype(np.float32))
     start = time.perf_counter()
     forward(x)["seg_logits"].numpy()
     print(f"{args.size}: first call (trace + run) {time.perf_counter() - start:.1f} s, peak RSS {_peak_gib():.2f} GiB")

@@ -30,13 +30,13 @@ tf = import_tensorflow_quietly()
 from gscnn_tf.config import load_config
 from gscnn_tf.export import saved_model as sm
 from gscnn_tf.export import warmup
-from gscnn_tf.model import build_gscnn
+from gscnn_tf.model import GatedSCNN
 config_path, batch, h, w, chunk = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 mixed = batch < 0  # -B: B images of slightly different sizes around HxW (run one at a time)
 batch = abs(batch)
 sizes = [(h - 8 * (i % 2), w - 8 * (i // 2 % 2)) if mixed else (h, w) for i in range(batch)]
 config = load_config(config_path, ["model.pretrained=null"])
-model = build_gscnn(config.model)
+model = GatedSCNN(config.model)
 module = sm.build_serving_module(model, config, chunk_pixels=chunk)
 module.serve_bytes(tf.constant([warmup.encode(warmup.synthetic_image(64, 64))]))
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -59,9 +59,9 @@ tf = import_tensorflow_quietly()
 from gscnn_tf.config import load_config
 from gscnn_tf.export import saved_model as sm
 from gscnn_tf.export import warmup
-from gscnn_tf.model import build_gscnn
+from gscnn_tf.model import GatedSCNN
 config = load_config(sys.argv[2], ["model.pretrained=null"])
-module = sm.build_serving_module(build_gscnn(config.model), config, max_pixels=sm.DEFAULT_MAX_PIXELS,
+module = sm.build_serving_module(GatedSCNN(config.model), config, max_pixels=sm.DEFAULT_MAX_PIXELS,
                                  max_request_pixels=sm.DEFAULT_MAX_REQUEST_PIXELS)
 module.serve_bytes(tf.constant([warmup.encode(warmup.synthetic_image(64, 64))]))
 bombs = {"8000x8000 PNG": tf.io.encode_png(np.zeros((8000, 8000, 3), np.uint8)).numpy(),

@@ -13,7 +13,7 @@ Cases (``--cases``; ``MODEL`` is ``r50`` = ResNet-50 OS8, 19 classes, or ``demo`
 
 * ``conv-r{RATE}``: one ASPP atrous conv on its real shape, forward + gradients (input and
   kernel): 2048 -> 256 channels, 3x3, on the stride-8 map of a 512x512 crop (1x64x64).
-* ``train-{gscnn,deeplab}-MODEL``: ``GSCNNTrainer.train_step`` (what ``model.fit`` runs:
+* ``train-{gscnn,deeplab}-MODEL``: ``GatedSCNN.train_step`` (what ``model.fit`` runs:
   forward, the loss terms, backward, SGD with coupled weight decay); r50: 2 x 256x512,
   demo: 4 x 128x256 (the demo's batch and crop).
 * ``infer-{gscnn,deeplab}-MODEL``: the inference network, r50: 1 x 512x1024, demo: 1 x 256x512.
@@ -266,16 +266,16 @@ def run_model(kind: str, arch: str, model: str, xla: bool, reps: int) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from gscnn_tf.model import build_gscnn
+    from gscnn_tf.model import GatedSCNN
 
     cfg = _model_config(model, arch == "gscnn")
     batch, th, tw, ih, iw = SIZES[model]
     keras.utils.set_random_seed(0)
-    network = build_gscnn(cfg)
+    network = GatedSCNN(cfg)
     rng = np.random.default_rng(0)
     if kind == "infer":
         batch, h, w = 1, ih, iw
-        x = tf.constant(rng.normal(0, 1, (1, h, w, 3)).astype("float32"))
+        x = tf.constant(rng.uniform(0, 255, (1, h, w, 3)).astype("float32"))
 
         def make():
             fn = tf.function(lambda image: network(image, training=False), jit_compile=xla)
@@ -284,16 +284,14 @@ def run_model(kind: str, arch: str, model: str, xla: bool, reps: int) -> dict:
         res = _old_and_new(make, reps)
         graph = res["fn_new"].get_concrete_function(x).graph
     else:
-        from gscnn_tf.config import LossConfig
         from gscnn_tf.training.optimizer import CoupledWeightDecaySGD
-        from gscnn_tf.training.trainer import GSCNNTrainer
 
         h, w = th, tw
-        x = tf.constant(rng.normal(0, 1, (batch, h, w, 3)).astype("float32"))
+        x = tf.constant(rng.uniform(0, 255, (batch, h, w, 3)).astype("float32"))
         label, boundary = _labels(batch, h, w)
         y = {"label": tf.constant(label), "boundary": tf.constant(boundary)}
-        trainer = GSCNNTrainer(network, LossConfig(), cfg.num_classes, use_edge_terms=(arch == "gscnn"), seed=0)
-        trainer.compile(optimizer=CoupledWeightDecaySGD(learning_rate=1e-3, momentum=0.9, l2_weight_decay=1e-4))
+        trainer = network
+        trainer.compile(optimizer=CoupledWeightDecaySGD(learning_rate=1e-3, momentum=0.9, l2_weight_decay=1e-4), seed=0)
         trainer.optimizer.build(trainer.trainable_variables)
 
         def make():
@@ -320,20 +318,19 @@ def run_parts(model: str, reps: int) -> dict:
     from gscnn_tf.config import LossConfig
     from gscnn_tf.layers.canny import CannyEdges
     from gscnn_tf.losses import GSCNNLoss
-    from gscnn_tf.model import build_gscnn
+    from gscnn_tf.model import GatedSCNN
     from gscnn_tf.training.optimizer import CoupledWeightDecaySGD
-    from gscnn_tf.training.trainer import GSCNNTrainer
 
     cfg = _model_config(model, True)
     batch, h, w, _, _ = SIZES[model]
     keras.utils.set_random_seed(0)
-    network = build_gscnn(cfg)
+    network = GatedSCNN(cfg)
     rng = np.random.default_rng(0)
-    x = tf.constant(rng.normal(0, 1, (batch, h, w, 3)).astype("float32"))
+    x = tf.constant(rng.uniform(0, 255, (batch, h, w, 3)).astype("float32"))
     label, boundary = _labels(batch, h, w)
     y = {"label": tf.constant(label), "boundary": tf.constant(boundary)}
-    trainer = GSCNNTrainer(network, LossConfig(), cfg.num_classes, use_edge_terms=True, seed=0)
-    trainer.compile(optimizer=CoupledWeightDecaySGD(learning_rate=1e-3, momentum=0.9, l2_weight_decay=1e-4))
+    trainer = network
+    trainer.compile(optimizer=CoupledWeightDecaySGD(learning_rate=1e-3, momentum=0.9, l2_weight_decay=1e-4), seed=0)
     trainer.optimizer.build(trainer.trainable_variables)
     outputs = {k: tf.constant(v) for k, v in network(x, training=False).items()}
     loss = GSCNNLoss(LossConfig(), dual_task_seed=0)
@@ -386,7 +383,6 @@ def run_input(model: str, threads: int) -> dict:
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     from bench_input_pipeline import time_dataset, write_records
 
-    from gscnn_tf.backbones import normalization_for
     from gscnn_tf.config import DataConfig
     from gscnn_tf.data import pipeline
 
@@ -395,10 +391,9 @@ def run_input(model: str, threads: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_step_input_") as root:
         pattern = write_records(root, 16, 2 * th, 2 * tw, 4)
         cfg = DataConfig(train_pattern=pattern, crop_size=[th, tw], shuffle_buffer=16)
-        backbone = "resnet50" if model == "r50" else "mobilenetv2"
         options = tf.data.Options()
         options.threading.private_threadpool_size = threads
-        ds = pipeline.build_train_dataset(cfg, batch, normalization_for(backbone), seed=0, repeat=True)
+        ds = pipeline.build_train_dataset(cfg, batch, seed=0, repeat=True)
         ds = ds.with_options(options)
         rates = [time_dataset(ds, batch, 2, 16 * batch)[0] for _ in range(3)]
     return {"images_per_s": max(rates), "batch": batch, "height": th, "width": tw}

@@ -3,9 +3,9 @@
 A training run directory (``train.model_dir``) holds::
 
     config.yaml                       the resolved ExperimentConfig
-    checkpoints/best.weights.h5       inference-model weights with the best validation mIoU
-    checkpoints/last.weights.h5       inference-model weights after the last epoch
-    model.keras                       the final inference model (architecture + weights)
+    checkpoints/best.weights.h5       GatedSCNN weights with the best validation mIoU
+    checkpoints/last.weights.h5       GatedSCNN weights after the last epoch
+    model.keras                       the final GatedSCNN (config, weights, compile state)
     backup/                           step-exact resume state + best value (training/callbacks.py)
     logs/                             TensorBoard;  training_log.csv: per-epoch metrics
 """
@@ -78,7 +78,7 @@ def find_run_config(checkpoint_path: str) -> Optional[str]:
 
 
 def load_inference_model(path: str, config: Optional[ExperimentConfig] = None) -> tuple:
-    """Loads a trained model for inference; returns ``(keras.Model, ExperimentConfig)``.
+    """Loads a trained model for inference; returns ``(GatedSCNN, ExperimentConfig)``.
 
     ``config`` defaults to the run's saved config.yaml (required for weights files).
     """
@@ -87,15 +87,28 @@ def load_inference_model(path: str, config: Optional[ExperimentConfig] = None) -
         config_path = find_run_config(path)
         config = load_config(config_path) if config_path else None
     if checkpoint.endswith(".keras"):
-        import gscnn_tf.layers  # noqa: F401  (registers the custom layers for deserialisation)
+        from gscnn_tf.model import GatedSCNN  # also registers it (and its layers) for deserialisation
 
         model = keras.saving.load_model(checkpoint, compile=False)
+        if isinstance(model, GatedSCNN):
+            if config is None:
+                config = ExperimentConfig(model=model.model_config, loss=model.loss_config)
+        elif model.name == "gscnn" and model.input.name == "image":
+            # A model.keras written before GatedSCNN existed: the bare network, which expects
+            # normalised input. Its weights go into a GatedSCNN, which normalises for itself.
+            if config is None:
+                raise CheckpointError(f"{checkpoint}: a model file from an older version without a config.yaml "
+                                      "next to it; pass --config")
+            network = model
+            model = GatedSCNN(config.model, config.loss)
+            model.set_weights(network.get_weights())
+        # Any other Keras model with the same contract (RGB 0..255 -> seg_logits, edge) is used as it is.
         return model, config if config is not None else ExperimentConfig()
     if config is None:
         raise CheckpointError(f"{checkpoint}: weights file without a config.yaml next to it; pass --config")
-    from gscnn_tf.model import build_gscnn
+    from gscnn_tf.model import GatedSCNN
 
-    model = build_gscnn(config.model)
+    model = GatedSCNN(config.model, config.loss)
     try:
         model.load_weights(checkpoint)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name and cause

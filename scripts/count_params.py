@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Prints a Markdown table of parameter counts: DeepLabV3+ baseline vs Gated-SCNN.
 
-The baseline is ``build_gscnn`` with ``shape_stream=False`` (same backbone, ASPP without the
+The baseline is ``GatedSCNN`` with ``shape_stream=False`` (same backbone, ASPP without the
 shape branch, same decoder); Gated-SCNN adds the shape stream, the GCLs and the ASPP shape
 branch. Counts are trainable parameters (BatchNorm moving statistics excluded). When wrn38 is
 listed, a last line gives the official model's count (wrn38 with ``model.official_compat``,
@@ -21,11 +21,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 
 from gscnn_tf.config import ModelConfig  # noqa: E402
-from gscnn_tf.model import build_gscnn  # noqa: E402
+from gscnn_tf.model import GatedSCNN  # noqa: E402
 
 
 def trainable_params(config: ModelConfig, with_total: bool = False):
-    model = build_gscnn(config)
+    model = GatedSCNN(config)
     count = sum(int(w.numpy().size) for w in model.trainable_weights)
     total = model.count_params()
     del model

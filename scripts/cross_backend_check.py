@@ -33,9 +33,9 @@ OUTPUTS = ("seg_logits", "edge", "edge_logits")
 
 def _build():
     from gscnn_tf.config import ModelConfig
-    from gscnn_tf.model import build_gscnn
+    from gscnn_tf.model import GatedSCNN
 
-    return build_gscnn(ModelConfig(**MODEL, sync_batchnorm=False))
+    return GatedSCNN(ModelConfig(**MODEL, sync_batchnorm=False))
 
 
 def _loss():
@@ -70,7 +70,6 @@ def make(directory: str) -> None:
     import keras
 
     from gscnn_tf import labels as cs_labels
-    from gscnn_tf.backbones import normalization_for
     from gscnn_tf.data.scene import render_scene
     from gscnn_tf.losses import boundary_map
 
@@ -78,8 +77,7 @@ def make(directory: str) -> None:
         raise SystemExit("make: run with the TensorFlow backend (the reference side)")
     keras.utils.set_random_seed(0)
     scene = render_scene(HEIGHT, WIDTH, np.random.default_rng(0))
-    mean, std = normalization_for(MODEL["backbone"])
-    image = ((scene.image.astype("float32") - np.float32(mean)) / np.float32(std))[None]
+    image = scene.image.astype("float32")[None]  # RGB 0..255: the model normalises it
     label = cs_labels.label_ids_to_train_ids(scene.label_ids).astype("int32")[None]
     boundary = np.asarray(boundary_map(label), dtype="float32")
 

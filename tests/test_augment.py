@@ -218,3 +218,14 @@ def test_augmented_crop_is_a_window_of_the_scaled_image(sample):
         assert len(hits) == 1
         y, x = hits[0]
         np.testing.assert_array_equal(out_label, full_label[y : y + 16, x : x + 24])
+
+
+def test_default_padding_is_black_as_the_official_code(sample):
+    image, label = sample
+    label = np.where(label == 255, 0, label).astype(np.uint8)
+    out_image, out_label = aug.augment(tf.constant(image), tf.constant(label), crop_size=(40, 64), min_scale=0.5,
+                                       max_scale=1.0, color_jitter=0.25, blur_prob=1.0, seed=tf.constant([3, 4]))
+    pad = out_label.numpy() == 255
+    assert pad.any() and aug.PAD_COLOR == (0.0, 0.0, 0.0)
+    assert not out_image.numpy()[pad].any()
+    assert out_image.numpy().min() >= 0.0 and out_image.numpy().max() <= 255.0  # the model's input range

@@ -221,23 +221,23 @@ def test_config_and_variables_are_those_of_the_keras_layers():
 def test_weights_saved_from_keras_layers_load(backbone, tmp_path):
     """A model built with plain Conv2D/DepthwiseConv2D (the old code) -> .weights.h5 -> today's model."""
     from gscnn_tf.config import ModelConfig
-    from gscnn_tf.model import build_gscnn
+    from gscnn_tf.model import GatedSCNN
 
     cfg = ModelConfig(backbone=backbone, mobilenet_alpha=0.35, output_stride=8, pretrained=None,
                       aspp_filters=16, decoder_filters=16, low_level_filters=8, num_classes=5)
     with mock.patch("gscnn_tf.layers.dilated_conv.Conv2D", keras.layers.Conv2D), \
             mock.patch("gscnn_tf.layers.dilated_conv.DepthwiseConv2D", keras.layers.DepthwiseConv2D):
         keras.utils.set_random_seed(1)
-        old = build_gscnn(cfg)
+        old = GatedSCNN(cfg)
     assert "SpaceToBatchND" in _graph_ops(old, tf.zeros((1, 64, 64, 3)))  # the old path
     path = str(tmp_path / "old.weights.h5")
     old.save_weights(path)
 
     keras.utils.set_random_seed(2)  # different initial weights: loading must overwrite all of them
-    new = build_gscnn(cfg)
+    new = GatedSCNN(cfg)
     assert "SpaceToBatchND" not in _graph_ops(new, tf.zeros((1, 64, 64, 3)))  # every dilated conv is native
     new.load_weights(path)
-    image = _rng(5).standard_normal((1, 64, 64, 3)).astype("float32")
+    image = _rng(5).uniform(0, 255, (1, 64, 64, 3)).astype("float32")  # RGB 0..255
     y_old, y_new = old(image, training=False), new(image, training=False)
     for key in ("seg_logits", "edge"):
         _assert_close(y_new[key].numpy(), y_old[key].numpy(), 1e-5, key)

@@ -22,7 +22,7 @@ from gscnn_tf.export import saved_model as sm
 from gscnn_tf.export import serving_graph, signatures, versions, warmup
 
 NUM_CLASSES = 19
-MEAN = STD = (127.5, 127.5, 127.5)  # normalization_for("mobilenetv2")
+MEAN = (127.5, 127.5, 127.5)  # normalization_for("mobilenetv2")
 
 
 @keras.saving.register_keras_serializable(package="gscnn_tests")
@@ -51,7 +51,7 @@ class Upsample8(keras.layers.Layer):
 
 
 def build_standin_model(num_classes=NUM_CLASSES, seed=0):
-    """Same contract as build_gscnn: `image` (B,H,W,3), H,W multiples of 8 -> {seg_logits, edge}.
+    """Same contract as GatedSCNN: RGB 0..255 (B,H,W,3), H,W multiples of 8 -> {seg_logits, edge}.
 
     Stride-8 features with global (image-pooling) context, upsampled x8 and concatenated
     with full-resolution features: sizes that are not multiples of 8 fail to concatenate.
@@ -91,7 +91,7 @@ def reference(model, image):
     h, w = image.shape[:2]
     hp, wp = -(-h // 8) * 8, -(-w // 8) * 8
     padded = np.pad(image.astype(np.float32), [(0, hp - h), (0, wp - w), (0, 0)], mode="edge")
-    out = model((padded[None] - 127.5) / 127.5, training=False)
+    out = model(padded[None], training=False)
     logits = np.asarray(out["seg_logits"])[0, :h, :w]
     return logits, np.asarray(out["edge"])[0, :h, :w, 0]
 
@@ -150,7 +150,7 @@ CHILD = textwrap.dedent(r'''
     put("mixed", serve(image_bytes=tf.constant([data["bytes_" + n].tobytes() for n in mixed])))
     put("same", serve(image_bytes=tf.constant([data["bytes_" + n].tobytes() for n in ("rgb_32x48", "rgb2_32x48")])))
     put("tensor", tensor_serve(images=tf.constant(data["pixels_rgb_32x48"][None])))
-    put("forward", loaded.forward(tf.constant((data["pixels_rgb_32x48"][None].astype("float32") - 127.5) / 127.5)))
+    put("forward", loaded.forward(tf.constant(data["pixels_rgb_32x48"][None].astype("float32"))))
     put("empty", serve(image_bytes=tf.constant([], tf.string)))
     errors = {}
     good = data["bytes_rgb_32x48"].tobytes()
@@ -232,7 +232,7 @@ def test_export_layout_and_assets(exported):
         meta = json.load(f)
     assert meta["class_names"] == list(label_tables.CLASS_NAMES)
     np.testing.assert_array_equal(np.array(meta["class_colors"]), label_tables.CLASS_COLORS)
-    assert meta["normalization"] == {"mean": list(MEAN), "std": list(STD)}
+    assert "0..255" in meta["input"]
     assert meta["config"]["model"]["backbone"] == "mobilenetv2"
     assert load_config(os.path.join(exported, "assets", "config.yaml")) == standin_config()
     # nothing but the version directory is left in the export dir (no temporary directories)
@@ -350,12 +350,15 @@ def test_versions_overwrite_and_atomicity(tmp_path):
 def test_pad_modes_agree_on_multiples_of_8_and_mean_mode_pads_with_mean(standin):
     config = standin_config()
     edge_mod = serving_graph.build_serving_module(standin, config)
+    with pytest.raises(ValueError, match="pixel_mean"):
+        serving_graph.build_serving_module(standin, config, pad_mode="mean")
+    standin.pixel_mean = MEAN  # what a GatedSCNN with this backbone reports
     mean_mod = serving_graph.build_serving_module(standin, config, pad_mode="mean")
     img = warmup.synthetic_image(16, 24)[None]
     a, b = edge_mod.serve_images(img), mean_mod.serve_images(img)
     np.testing.assert_array_equal(a["classes"], b["classes"])
     padded = mean_mod._pad(tf.constant(warmup.synthetic_image(10, 13)[None])).numpy()
-    assert padded.shape == (1, 16, 16, 3) and (padded[:, 10:] == 0).all() and (padded[:, :, 13:] == 0).all()
+    assert padded.shape == (1, 16, 16, 3) and (padded[:, 10:] == 127.5).all() and (padded[:, :, 13:] == 127.5).all()
     padded = edge_mod._pad(tf.constant(warmup.synthetic_image(10, 13)[None])).numpy()
     np.testing.assert_array_equal(padded[:, 15], padded[:, 9])
     np.testing.assert_array_equal(padded[:, :, 15], padded[:, :, 12])
@@ -455,18 +458,17 @@ def test_cli_export_from_keras_file(tmp_path, capsys):
 def test_real_gscnn_mobilenet_export(tmp_path):
     """The real network (MobileNetV2 x0.35, in-graph Canny): export, reload, same class maps, own sizes;
     the same weights as a run directory through the prediction CLI give the same colours."""
-    from gscnn_tf.backbones import normalization_for
-    from gscnn_tf.model import build_gscnn
+    from gscnn_tf.model import GatedSCNN
 
     config = standin_config()
     keras.utils.set_random_seed(1)
-    model = build_gscnn(config.model)
-    assert serving_graph.normalization_for_config(config) == normalization_for("mobilenetv2")
+    model = GatedSCNN(config.model)
+    assert model.pixel_mean == MEAN
     path = sm.export_saved_model(model, config, str(tmp_path / "models"), warmup_size=(48, 64))
     serve = tf.saved_model.load(path).signatures["serving_default"]
     image = warmup.synthetic_image(64, 64, seed=5)
     out = serve(image_bytes=tf.constant([warmup.encode(image)]))
-    want = model((image[None].astype(np.float32) - 127.5) / 127.5, training=False)
+    want = model(image[None], training=False)
     np.testing.assert_array_equal(out["classes"][0], np.argmax(want["seg_logits"][0], -1))
     np.testing.assert_allclose(out["edge"][0], want["edge"][0, ..., 0], atol=1e-4)
     odd = serve(image_bytes=tf.constant([warmup.encode(warmup.synthetic_image(37, 50, seed=6))]))

@@ -214,8 +214,8 @@ def test_kill_during_validation_redoes_the_epoch_end(synthetic_tfrecords, tmp_pa
     """Step backups every step: a kill in the epoch's validation must not resume past the epoch."""
     import keras
 
+    from gscnn_tf.model import GatedSCNN
     from gscnn_tf.training.run import train
-    from gscnn_tf.training.trainer import GSCNNTrainer
 
     run = str(tmp_path / "run")
     cfg = tiny_experiment_config(synthetic_tfrecords, run, backup_save_freq=1)
@@ -223,7 +223,7 @@ def test_kill_during_validation_redoes_the_epoch_end(synthetic_tfrecords, tmp_pa
     def killed_in_validation(self, *args, **kwargs):
         raise _Killed("validation")
 
-    monkeypatch.setattr(GSCNNTrainer, "evaluate", killed_in_validation)
+    monkeypatch.setattr(GatedSCNN, "evaluate", killed_in_validation)
     with pytest.raises(_Killed):
         train(cfg)
     monkeypatch.undo()

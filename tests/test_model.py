@@ -1,4 +1,4 @@
-"""build_gscnn: output contract, ablations, serialisation, gradients, mixed precision, SyncBN."""
+"""GatedSCNN: output contract, ablations, serialisation, gradients, mixed precision, SyncBN."""
 import re
 
 import keras
@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import gscnn_tf.layers  # noqa: F401  (registers the custom layers for loading)
 from gscnn_tf.config import ModelConfig
-from gscnn_tf.model import build_gscnn
+from gscnn_tf.model import GatedSCNN
 from gscnn_tf.training.distribute import cpu_mirrored_strategy
 
 NUM_CLASSES = 5
@@ -25,13 +25,14 @@ def tiny_config(**overrides):
 
 
 def images(batch, height, width, seed=0):
-    return np.random.default_rng(seed).standard_normal((batch, height, width, 3)).astype("float32")
+    """RGB in 0..255, as the model takes them."""
+    return np.random.default_rng(seed).uniform(0, 255, (batch, height, width, 3)).astype("float32")
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
     keras.utils.set_random_seed(0)
-    return build_gscnn(tiny_config())
+    return GatedSCNN(tiny_config())
 
 
 def all_layers(model):
@@ -50,7 +51,7 @@ def assert_output_contract(outputs, batch, height, width):
 
 
 def test_output_shapes_at_output_stride_8(tiny_model):
-    assert tiny_model.input.name == "image" and tuple(tiny_model.input.shape) == (None, None, None, 3)
+    assert tiny_model.input.name == "images" and tuple(tiny_model.input.shape) == (None, None, None, 3)
     for layer_name in ("canny", "shape_stream", "aspp", "decoder", "seg_logits", "edge"):
         tiny_model.get_layer(layer_name)
     for height, width in [(64, 64), (64, 96), (96, 64)]:
@@ -62,7 +63,7 @@ def test_output_shapes_at_output_stride_8(tiny_model):
 
 
 def test_output_shapes_at_output_stride_16():
-    model = build_gscnn(tiny_config(output_stride=16))
+    model = GatedSCNN(tiny_config(output_stride=16))
     assert model.get_layer("aspp").atrous_rates == (6, 12, 18)
     for height, width in [(64, 64), (64, 96), (96, 64)]:
         assert_output_contract(model(images(1, height, width)), 1, height, width)
@@ -77,7 +78,7 @@ def test_sizes_not_divisible_by_the_output_stride_still_give_input_sized_outputs
 
 def test_bad_output_stride_is_rejected():
     with pytest.raises(ValueError, match="output_stride"):
-        build_gscnn(tiny_config(output_stride=32))
+        GatedSCNN(tiny_config(output_stride=32))
 
 
 # ----------------------------------------------------------------------------- ablations
@@ -85,9 +86,9 @@ def test_bad_output_stride_is_rejected():
 
 def test_ablations_remove_parameters_and_the_baseline_edge_is_zero(tiny_model):
     full = tiny_model.count_params()
-    no_gates = build_gscnn(tiny_config(gated=False))
-    no_canny = build_gscnn(tiny_config(canny=False))
-    baseline = build_gscnn(tiny_config(shape_stream=False))
+    no_gates = GatedSCNN(tiny_config(gated=False))
+    no_canny = GatedSCNN(tiny_config(canny=False))
+    baseline = GatedSCNN(tiny_config(shape_stream=False))
     assert baseline.count_params() < no_gates.count_params() < full
     assert no_canny.count_params() == full - 2  # only the 2->1 canny_fuse kernel goes
     layer_names = {layer.name for layer in all_layers(no_gates)}
@@ -167,7 +168,7 @@ def test_every_trainable_weight_gets_a_gradient_from_both_outputs(tiny_model):
 def test_mixed_precision_keeps_outputs_float32():
     keras.config.set_dtype_policy("mixed_float16")
     try:
-        model = build_gscnn(tiny_config())
+        model = GatedSCNN(tiny_config())
         assert model.get_layer("aspp").compute_dtype == "float16"
         assert model.get_layer("shape_stream").compute_dtype == "float16"
         outputs = model(images(1, 64, 64))
@@ -184,8 +185,8 @@ def test_batch_norms_are_synchronized_under_mirrored_strategy(tiny_model):
     assert len(tf.config.list_logical_devices("CPU")) >= 2, "conftest should split the CPU"
     strategy = cpu_mirrored_strategy(2)  # shared: see gscnn_tf/training/distribute.py
     with strategy.scope():
-        synced = build_gscnn(tiny_config())
-        unsynced = build_gscnn(tiny_config(sync_batchnorm=False))
+        synced = GatedSCNN(tiny_config())
+        unsynced = GatedSCNN(tiny_config(sync_batchnorm=False))
     plain = tiny_model  # "auto", built outside a strategy
 
     def sync_flags(model):

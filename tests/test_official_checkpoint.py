@@ -29,22 +29,14 @@ def _official_config():
     return load_config(os.path.join(root, "configs", "cityscapes_wrn38_official.yaml"))
 
 
-def _normalised(image_uint8):
-    from gscnn_tf.backbones import normalization_for
-    from gscnn_tf.data.pipeline import normalize_image
-
-    mean, std = normalization_for("wrn38")
-    return normalize_image(image_uint8[None], mean, std).numpy()
-
-
 def _assert_matches_golden(model, golden):
     import keras
 
     from gscnn_tf.layers.canny import CannyEdges
 
     for size in golden["meta"]["sizes"]:
-        x = _normalised(golden[f"image_{size}"])
-        out = model(x, training=False)
+        image = golden[f"image_{size}"][None]  # uint8 RGB: the model normalises it itself
+        out = model(image, training=False)
         seg = keras.ops.convert_to_numpy(out["seg_logits"])[0]
         edge = keras.ops.convert_to_numpy(out["edge"])[0, ..., 0]
         ref_seg, ref_edge = golden[f"seg_{size}"], golden[f"edge_{size}"]
@@ -56,7 +48,8 @@ def _assert_matches_golden(model, golden):
         assert agreement >= 0.9999, (size, agreement)
         canny_layer = model.get_layer("canny")
         assert isinstance(canny_layer, CannyEdges)
-        canny = keras.ops.convert_to_numpy(canny_layer(x))[0, ..., 0]
+        # official_compat: the Canny layer reads the normalised image (wrapped to uint8)
+        canny = keras.ops.convert_to_numpy(canny_layer(model.get_layer("normalize")(image)))[0, ..., 0]
         np.testing.assert_array_equal(canny * 255, golden[f"canny_{size}"], err_msg=size)
 
 
@@ -73,11 +66,11 @@ def test_converted_random_weights_match_the_official_network(golden):
     """Converter core + model: seg and edge within 1e-4 of the reference's max, Canny identical."""
     from gscnn_tf.convert.official_layout import random_official_state_dict
     from gscnn_tf.convert.official_pytorch import load_official_state_dict
-    from gscnn_tf.model import build_gscnn
+    from gscnn_tf.model import GatedSCNN
 
     cfg = _official_config()
     cfg.model.sync_batchnorm = False
-    model = build_gscnn(cfg.model)
+    model = GatedSCNN(cfg.model)
     state = {f"module.{k}": v for k, v in random_official_state_dict(golden["meta"]["seed"]).items()}
     state["module.criterion.seg_loss.nll_loss.weight"] = np.ones(19, np.float32)  # as in a training snapshot
     summary = load_official_state_dict(model, state)
@@ -91,11 +84,11 @@ def test_converted_random_weights_match_the_official_network(golden):
 
 @pytest.fixture(scope="module")
 def official_model():
-    from gscnn_tf.model import build_gscnn
+    from gscnn_tf.model import GatedSCNN
 
     cfg = _official_config()
     cfg.model.sync_batchnorm = False
-    return build_gscnn(cfg.model)
+    return GatedSCNN(cfg.model)
 
 
 def _zeros_state_dict():
@@ -191,10 +184,10 @@ def test_unused_keys_are_dropped_and_prefix_optional(official_model):
 def test_model_without_compat_is_refused():
     from gscnn_tf.config import ModelConfig
     from gscnn_tf.convert.official_pytorch import OfficialCheckpointError, conversion_plan
-    from gscnn_tf.model import build_gscnn
+    from gscnn_tf.model import GatedSCNN
 
     with pytest.raises(OfficialCheckpointError, match="official_compat"):
-        conversion_plan(build_gscnn(ModelConfig(backbone="wrn38", official_compat=False, sync_batchnorm=False)))
+        conversion_plan(GatedSCNN(ModelConfig(backbone="wrn38", official_compat=False, sync_batchnorm=False)))
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -249,6 +242,6 @@ def test_cli_run_directory_evaluates_and_exports_like_the_official_network(tmp_p
     serve = tf.saved_model.load(path).signatures["serving_image_tensor"]
     image = golden["image_64x128"]
     out = serve(images=tf.constant(image[None]))
-    want = keras.ops.convert_to_numpy(model(_normalised(image), training=False)["seg_logits"])[0].argmax(-1)
+    want = keras.ops.convert_to_numpy(model(image[None], training=False)["seg_logits"])[0].argmax(-1)
     np.testing.assert_array_equal(out["classes"][0].numpy(), want)
     np.testing.assert_array_equal(out["classes"][0].numpy(), golden["seg_64x128"].argmax(-1))

@@ -61,16 +61,21 @@ def wrapped_canny_reference(x):
     return np.stack([cv2.Canny(np.mod(np.trunc(img), 256).astype(np.uint8), 10, 100) // 255 for img in x])
 
 
-def normalised_scene(h, w, seed, backbone="wrn38"):
-    """Flat colour regions, some dark enough to wrap (normalised value < -1), plus noise."""
+def rgb_scene(h, w, seed):
+    """(1, h, w, 3) float32 RGB 0..255: flat colour regions, some dark enough to wrap once
+    normalised (value < -1), plus noise."""
     rng = np.random.RandomState(seed)
     img = np.full((h, w, 3), 150.0)
     for _ in range(8):
         y, x = rng.randint(0, h - 4), rng.randint(0, w - 4)
         img[y:y + rng.randint(4, h // 2), x:x + rng.randint(4, w // 2)] = rng.uniform(0, 255, 3)
-    img = np.clip(np.rint(img + rng.normal(0, 8, img.shape)), 0, 255)
+    return np.clip(np.rint(img + rng.normal(0, 8, img.shape)), 0, 255).astype(np.float32)[None]
+
+
+def normalised_scene(h, w, seed, backbone="wrn38"):
+    """:func:`rgb_scene` normalised for ``backbone``: what the official code's Canny reads."""
     mean, std = normalization_for(backbone)
-    return ((img - np.array(mean)) / np.array(std)).astype(np.float32)[None]
+    return ((rgb_scene(h, w, seed) - np.array(mean)) / np.array(std)).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- align-corners resize
@@ -117,13 +122,13 @@ def test_half_pixel_and_align_corners_differ():
 @pytest.mark.parametrize("size", [(64, 128), (75, 131)])
 def test_wrapped_canny_matches_cv2_on_the_wrapped_uint8_image(size):
     x = np.concatenate([normalised_scene(*size, seed=s) for s in (0, 1)])
-    layer = CannyEdges(10, 100, *normalization_for("wrn38"), input_mode="official_uint8_wrap")
+    layer = CannyEdges(10, 100, input_mode="official_uint8_wrap")
     got = keras.ops.convert_to_numpy(layer(x))[..., 0]
     want = wrapped_canny_reference(x)
     assert want.sum() > 50  # the scene has wrapped contours
     np.testing.assert_array_equal(got, want)
-    # the default mode (denormalise, round) computes something else on the same input
-    default = keras.ops.convert_to_numpy(CannyEdges(10, 100, *normalization_for("wrn38"))(x))[..., 0]
+    # the default mode (round and clip RGB) computes something else on the same input
+    default = keras.ops.convert_to_numpy(CannyEdges(10, 100)(x))[..., 0]
     assert (default != want).sum() > 100
 
 
@@ -203,9 +208,9 @@ def test_wrn38_options():
 
 
 def _small(compat):
-    from gscnn_tf.model import build_gscnn
+    from gscnn_tf.model import GatedSCNN
 
-    return build_gscnn(ModelConfig(
+    return GatedSCNN(ModelConfig(
         backbone="mobilenetv2", mobilenet_alpha=0.35, num_classes=3, aspp_filters=16, decoder_filters=16,
         low_level_filters=8, official_compat=compat, sync_batchnorm=False,
     ))
@@ -223,7 +228,7 @@ def test_official_compat_switches_in_the_model():
     assert not compat.get_layer("aspp").project.use_bias
     # compat drops the BN of project/low_level and the classifier bias: fewer weights
     assert compat.count_params() < default.count_params()
-    x = normalised_scene(64, 64, 0, backbone="mobilenetv2")
+    x = rgb_scene(64, 64, 0)
     out = compat(x, training=False)
     assert out["seg_logits"].shape == (1, 64, 64, 3) and np.isfinite(out["seg_logits"].numpy()).all()
     # trainable: gradients reach the backbone through the align-corners resizes and plain projections
@@ -266,16 +271,16 @@ from gscnn_tf.backbones.wider_resnet import SymmetricMaxPool2D
 from gscnn_tf.layers.canny import CannyEdges
 from gscnn_tf.layers.resize import resize_bilinear_align_corners
 from gscnn_tf.config import ModelConfig
-from gscnn_tf.model import build_gscnn
+from gscnn_tf.model import GatedSCNN
 data = dict(np.load(sys.argv[1]))
 out = {
     "resize": np.asarray(resize_bilinear_align_corners(data["x"], (75, 131))),
     "pool": np.asarray(SymmetricMaxPool2D()(data["x"])),
     "canny": np.asarray(CannyEdges(input_mode="official_uint8_wrap")(data["scene"]))[..., 0],
 }
-model = build_gscnn(ModelConfig(backbone="mobilenetv2", mobilenet_alpha=0.35, num_classes=3, aspp_filters=16,
+model = GatedSCNN(ModelConfig(backbone="mobilenetv2", mobilenet_alpha=0.35, num_classes=3, aspp_filters=16,
                                 decoder_filters=16, low_level_filters=8, official_compat=True))
-out["seg"] = np.asarray(model(data["scene"], training=False)["seg_logits"])
+out["seg"] = np.asarray(model(data["rgb"], training=False)["seg_logits"])
 assert "tensorflow" not in sys.modules, "TensorFlow imported on the JAX path"
 np.savez(sys.argv[2], **out)
 """
@@ -286,7 +291,7 @@ def test_compat_ops_on_the_jax_backend(tmp_path):
     pytest.importorskip("jax")
     x = np.random.RandomState(4).normal(size=(1, 9, 17, 3)).astype(np.float32)
     scene = normalised_scene(64, 64, 5)
-    np.savez(tmp_path / "in.npz", x=x, scene=scene)
+    np.savez(tmp_path / "in.npz", x=x, scene=scene, rgb=rgb_scene(64, 64, 5))
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
     proc = subprocess.run([sys.executable, "-c", _JAX_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
                           env=env, capture_output=True, text=True, timeout=600)

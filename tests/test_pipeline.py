@@ -1,4 +1,4 @@
-"""tf.data pipelines: shapes, dtypes, normalisation round trips, targets, sharding, errors."""
+"""tf.data pipelines: shapes, dtypes, pixel round trips, targets, sharding, errors."""
 import os
 
 import cv2
@@ -13,8 +13,6 @@ from gscnn_tf.labels import label_ids_to_train_ids
 from gscnn_tf.losses.boundaries import boundary_map
 from gscnn_tf.training.distribute import cpu_mirrored_strategy
 
-RESNET = ((123.68, 116.779, 103.939), (1.0, 1.0, 1.0))
-MOBILENET = ((127.5,) * 3, (127.5,) * 3)
 H, W = 24, 40
 LABEL_VALUES = (0, 1, 2, 5, 8, 13, 18, 255)
 
@@ -66,21 +64,17 @@ def _config(shards, **kw):
     return cfg
 
 
-@pytest.mark.parametrize("normalization", [RESNET, "mobilenetv2"])
-def test_eval_dataset_round_trips_pixels_labels_and_order(shards, normalization):
+def test_eval_dataset_round_trips_pixels_labels_and_order(shards):
     _, (_, samples, names) = shards
-    ds = pipeline.build_eval_dataset(_config(shards), normalization, with_filenames=True)
-    mean, std = pipeline.resolve_normalization(normalization)
+    ds = pipeline.build_eval_dataset(_config(shards), with_filenames=True)
     seen = []
     for image, targets, filename in ds:
         name = filename.numpy()[0].decode()
         src_image, src_label = samples[name]
         assert image.dtype == tf.float32 and image.shape == (1,) + src_image.shape
         assert targets["label"].dtype == tf.int32 and targets["boundary"].dtype == tf.float32
-        restored = image.numpy()[0] * np.float32(std) + np.float32(mean)
-        np.testing.assert_allclose(restored, src_image, atol=1e-3)  # exact up to float round-off
-        np.testing.assert_array_equal(np.round(restored).astype(np.uint8), src_image)
-        np.testing.assert_allclose(image.numpy()[0], (src_image - np.float32(mean)) / np.float32(std), atol=1e-5)
+        # RGB 0..255, not normalised: the model normalises for its backbone itself
+        np.testing.assert_array_equal(image.numpy()[0], src_image.astype(np.float32))
         np.testing.assert_array_equal(targets["label"].numpy()[0], src_label)
         np.testing.assert_array_equal(targets["boundary"].numpy()[0], boundary_map(src_label, 2.0, 255).numpy())
         seen.append(name)
@@ -89,7 +83,7 @@ def test_eval_dataset_round_trips_pixels_labels_and_order(shards, normalization)
 
 def test_eval_dataset_on_the_train_split_is_ordered_and_unaugmented(shards):
     (_, samples, names), _ = shards
-    ds = pipeline.build_eval_dataset(_config(shards), RESNET, with_filenames=True, split="train")
+    ds = pipeline.build_eval_dataset(_config(shards), with_filenames=True, split="train")
     got = [(f.numpy()[0].decode(), t["label"].numpy()[0]) for _, t, f in ds]
     assert [n for n, _ in got] == names
     for name, label in got:
@@ -98,7 +92,7 @@ def test_eval_dataset_on_the_train_split_is_ordered_and_unaugmented(shards):
 
 def test_eval_without_filenames_and_eval_scale(shards):
     _, (_, samples, names) = shards
-    ds = pipeline.build_eval_dataset(_config(shards, eval_scale=0.5), MOBILENET, boundary_radius=1.0)
+    ds = pipeline.build_eval_dataset(_config(shards, eval_scale=0.5), boundary_radius=1.0)
     elements = list(ds)
     assert len(elements) == len(names)
     for (image, targets), name in zip(elements, names):
@@ -110,12 +104,13 @@ def test_eval_without_filenames_and_eval_scale(shards):
         np.testing.assert_array_equal(targets["boundary"].numpy()[0], boundary_map(expected, 1.0, 255).numpy())
 
 
-def test_train_padding_is_zero_after_normalisation(tmp_path):
+def test_train_padding_is_black_and_ignored(tmp_path):
     pattern, _, _ = write_shards(str(tmp_path), num_shards=1, per_shard=2, values=(0, 3, 11))  # no ignore
     cfg = DataConfig(train_pattern=pattern, deterministic=True, crop_size=[40, 64], min_scale=0.5, max_scale=0.9)
-    image, targets = next(iter(pipeline.build_train_dataset(cfg, 2, MOBILENET, seed=1)))
+    image, targets = next(iter(pipeline.build_train_dataset(cfg, 2, seed=1)))
     label = targets["label"].numpy()
-    # Everything outside the scaled image's rectangle is padding: ignore label and exactly 0.
+    # Everything outside the scaled image's rectangle is padding: ignore label and exactly 0
+    # (black, as the official code pads; the model normalises afterwards).
     for b in range(2):
         rows = np.nonzero((label[b] != 255).any(axis=1))[0]
         cols = np.nonzero((label[b] != 255).any(axis=0))[0]
@@ -131,7 +126,7 @@ def test_train_batches_targets_and_determinism(shards):
     cfg = _config(shards, deterministic=True, color_jitter=0.25, blur_prob=0.5)
 
     def batches(seed):
-        ds = pipeline.build_train_dataset(cfg, 3, RESNET, seed=seed, boundary_radius=2.0)
+        ds = pipeline.build_train_dataset(cfg, 3, seed=seed, boundary_radius=2.0)
         return [(i.numpy(), {k: v.numpy() for k, v in t.items()}, i.dtype, {k: v.dtype for k, v in t.items()}) for i, t in ds]
 
     a, b, c = batches(3), batches(3), batches(4)
@@ -146,8 +141,7 @@ def test_train_batches_targets_and_determinism(shards):
         # Boundary targets are computed from the augmented labels.
         np.testing.assert_array_equal(targets["boundary"], boundary_map(label, 2.0, 255).numpy())
         assert targets["boundary"][label == 255].max(initial=0) == 0
-        restored = image * np.float32(RESNET[1]) + np.float32(RESNET[0])
-        assert restored.min() > -1e-3 and restored.max() < 255 + 1e-3
+        assert image.min() >= 0.0 and image.max() <= 255.0  # the model's input contract, exactly
     # Same seed: identical batches; another seed: different ones.
     for (ia, ta, _, _), (ib, tb, _, _) in zip(a, b):
         np.testing.assert_array_equal(ia, ib)
@@ -158,7 +152,7 @@ def test_train_batches_targets_and_determinism(shards):
 
 def test_nondeterministic_mode_runs_and_repeat(shards):
     cfg = _config(shards, deterministic=False)
-    ds = pipeline.build_train_dataset(cfg, 4, RESNET, repeat=True)
+    ds = pipeline.build_train_dataset(cfg, 4, repeat=True)
     batches = list(ds.take(5))  # more than one pass over 8 images
     assert all(b[0].shape == (4, 16, 24, 3) for b in batches)
 
@@ -168,7 +162,7 @@ def test_distributed_dataset_splits_the_global_batch(shards):
     assert len(devices) >= 2, "tests/conftest.py should create 2 logical CPUs"
     strategy = cpu_mirrored_strategy(2)  # shared: see gscnn_tf/training/distribute.py
     cfg = _config(shards, deterministic=True)
-    dist = pipeline.make_distributed_train_dataset(strategy, cfg, 4, RESNET, seed=0)
+    dist = pipeline.make_distributed_train_dataset(strategy, cfg, 4, seed=0)
     image, targets = next(iter(dist))
     images = strategy.experimental_local_results(image)
     labels = strategy.experimental_local_results(targets["label"])
@@ -176,7 +170,7 @@ def test_distributed_dataset_splits_the_global_batch(shards):
     for img, lab in zip(images, labels):
         assert img.shape == (2, 16, 24, 3) and lab.shape == (2, 16, 24)
     with pytest.raises(ValueError, match="divisible"):
-        pipeline.make_distributed_train_dataset(strategy, cfg, 3, RESNET)
+        pipeline.make_distributed_train_dataset(strategy, cfg, 3)
 
 
 def test_input_context_shards_files(shards):
@@ -185,30 +179,29 @@ def test_input_context_shards_files(shards):
     seen = []
     for pid in range(2):
         ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pid, num_replicas_in_sync=2)
-        ds = pipeline.build_train_dataset(cfg, 2, RESNET, seed=0, input_context=ctx, _stop_after="decode")
+        records, _, decode_fn = pipeline.shuffled_train_records(cfg, seed=0, input_context=ctx)
+        ds = records.map(decode_fn)
         files = sorted({f.numpy().decode() for _, _, f in ds})
         seen.append(files)
         assert len(files) == 4  # one of the two shards each
     assert sorted(seen[0] + seen[1]) == sorted(names) and not set(seen[0]) & set(seen[1])
     ctx = tf.distribute.InputContext(num_input_pipelines=3, input_pipeline_id=0, num_replicas_in_sync=3)
     with pytest.raises(ValueError, match="fewer than the 3 input pipelines"):
-        pipeline.build_train_dataset(cfg, 3, RESNET, input_context=ctx)
+        pipeline.build_train_dataset(cfg, 3, input_context=ctx)
 
 
 def test_missing_or_empty_pattern_errors(tmp_path):
     pattern = str(tmp_path / "nothing-*.tfrecord")
     with pytest.raises(FileNotFoundError, match="nothing-"):
-        pipeline.build_train_dataset(DataConfig(train_pattern=pattern), 2, RESNET)
+        pipeline.build_train_dataset(DataConfig(train_pattern=pattern), 2)
     with pytest.raises(FileNotFoundError, match="data.val_pattern"):
-        pipeline.build_eval_dataset(DataConfig(val_pattern=pattern), RESNET)
+        pipeline.build_eval_dataset(DataConfig(val_pattern=pattern))
     with pytest.raises(ValueError, match="train_pattern is empty"):
-        pipeline.build_train_dataset(DataConfig(), 2, RESNET)
+        pipeline.build_train_dataset(DataConfig(), 2)
     with pytest.raises(ValueError, match="unknown data.source"):
-        pipeline.build_train_dataset(DataConfig(source="csv", train_pattern=pattern), 2, RESNET)
+        pipeline.build_train_dataset(DataConfig(source="csv", train_pattern=pattern), 2)
     with pytest.raises(ValueError, match="split 'test'"):
-        pipeline.build_eval_dataset(DataConfig(val_pattern=pattern), RESNET, split="test")
-    with pytest.raises(ValueError, match="normalization"):
-        pipeline.build_train_dataset(DataConfig(train_pattern=pattern), 2, (1, 2))
+        pipeline.build_eval_dataset(DataConfig(val_pattern=pattern), split="test")
 
 
 def test_corrupt_records_name_the_file(tmp_path):
@@ -216,7 +209,7 @@ def test_corrupt_records_name_the_file(tmp_path):
     with tf.io.TFRecordWriter(bad) as writer:
         writer.write(make_example(b"not an image at all", None, "broken_image", H, W).SerializeToString())
     with pytest.raises(tf.errors.InvalidArgumentError, match="bad-00000-of-00001.tfrecord") as info:
-        list(pipeline.build_eval_dataset(DataConfig(val_pattern=bad), RESNET))
+        list(pipeline.build_eval_dataset(DataConfig(val_pattern=bad)))
     assert "broken_image" in str(info.value)
     # A truncated shard: TF's DataLossError does not name it; find_corrupt_records does.
     good_pattern, _, _ = write_shards(str(tmp_path), num_shards=1, per_shard=2, prefix="cut")
@@ -262,11 +255,11 @@ def test_tfds_source_without_zips_gives_a_clear_error(tmp_path):
     (manual / "leftImg8bit_trainvaltest.zip").write_bytes(b"")
     cfg = DataConfig(source="tfds", tfds_data_dir=str(tmp_path / "tfds"), tfds_manual_dir=str(manual))
     with pytest.raises(tfds_source.TFDSSourceError, match="lacks gtFine_trainvaltest.zip") as info:
-        pipeline.build_train_dataset(cfg, 2, RESNET)
+        pipeline.build_train_dataset(cfg, 2)
     assert str(manual) in str(info.value)
     cfg.tfds_manual_dir = None
     with pytest.raises(tfds_source.TFDSSourceError, match="tfds_manual_dir is not set"):
-        pipeline.build_eval_dataset(cfg, RESNET)
+        pipeline.build_eval_dataset(cfg)
     with pytest.raises(tfds_source.TFDSSourceError, match="not a directory"):
         tfds_source.check_manual_dir(str(tmp_path / "missing"))
 
@@ -285,11 +278,11 @@ def test_tfds_source_end_to_end_with_mocked_builder(tmp_path):
                      crop_size=[16, 24], shuffle_buffer=2, deterministic=True)
     valid = set(range(19)) | {255}
     with tfds.testing.mock_data(num_examples=3):
-        batches = list(pipeline.build_train_dataset(cfg, 2, RESNET, seed=0))
+        batches = list(pipeline.build_train_dataset(cfg, 2, seed=0))
         assert len(batches) == 1
         image, targets = batches[0]
         assert image.shape == (2, 16, 24, 3) and targets["label"].dtype == tf.int32
         assert set(np.unique(targets["label"].numpy())) <= valid
-        image, targets, filename = next(iter(pipeline.build_eval_dataset(cfg, RESNET, with_filenames=True)))
+        image, targets, filename = next(iter(pipeline.build_eval_dataset(cfg, with_filenames=True)))
         assert image.shape == (1, 1024, 2048, 3) and filename.dtype == tf.string
         assert set(np.unique(targets["label"].numpy())) <= valid

@@ -58,7 +58,7 @@ def test_single_device_run_writes_a_complete_run_directory(synthetic_tfrecords, 
     # The saved inference model reproduces the trained network, from both checkpoint kinds.
     model_k, _ = load_inference_model(str(run / "model.keras"))
     model_w, _ = load_inference_model(str(run / "checkpoints" / "last.weights.h5"))
-    x = np.random.default_rng(0).normal(size=(1, 64, 96, 3)).astype(np.float32)
+    x = np.random.default_rng(0).uniform(0, 255, size=(1, 64, 96, 3)).astype(np.float32)
     a, b = model_k(x)["seg_logits"].numpy(), model_w(x)["seg_logits"].numpy()
     np.testing.assert_allclose(a, b, atol=1e-5)
     # No temporary files were left anywhere in the run directory.

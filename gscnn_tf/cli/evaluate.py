@@ -116,14 +116,12 @@ def main(argv=None) -> int:
         eval_cfg = dataclasses.replace(eval_cfg, official_eval=args.official_eval)
     out_dir = args.out or _default_out(args.checkpoint, args.split)
 
-    from gscnn_tf.backbones import normalization_for
     from gscnn_tf.data.pipeline import build_eval_dataset
     from gscnn_tf.eval_report import markdown_report, write_report
     from gscnn_tf.evaluation import evaluate
 
     try:
-        dataset = build_eval_dataset(cfg.data, normalization_for(cfg.model.backbone), with_filenames=True,
-                                     split=args.split)
+        dataset = build_eval_dataset(cfg.data, with_filenames=True, split=args.split)
     except (ValueError, FileNotFoundError, OSError) as exc:
         return fail(f"{args.split} data: {exc}")
     logger.info("evaluating %s on %s (scales %s, flip %s) -> %s", args.checkpoint, args.split,

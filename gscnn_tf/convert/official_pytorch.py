@@ -1,4 +1,4 @@
-"""The official PyTorch Gated-SCNN checkpoint -> a ``build_gscnn`` Keras model.
+"""The official PyTorch Gated-SCNN checkpoint -> a :class:`gscnn_tf.model.GatedSCNN`.
 
 Two parts (see ``docs/OFFICIAL_CHECKPOINT.md``):
 
@@ -174,7 +174,7 @@ def load_official_state_dict(model, state_dict: dict, source: str = "checkpoint"
     """Assigns an official state_dict to ``model`` (strict; nothing assigned on error).
 
     Args:
-        model: ``build_gscnn`` model with ``backbone="wrn38"``, ``official_compat=True``.
+        model: ``GatedSCNN`` with ``backbone="wrn38"``, ``official_compat=True``.
         state_dict: ``{key: array}``, keys with or without the ``module.`` prefix.
         source: name used in error messages (the file).
 
@@ -338,12 +338,12 @@ def convert_official_checkpoint(path: str, config, trust: bool = False, log=None
 
     ``summary`` holds ``mapped``, ``dropped`` and the file's ``meta``.
     """
-    from gscnn_tf.model import build_gscnn
+    from gscnn_tf.model import GatedSCNN
 
     state_dict, meta = read_official_checkpoint(path, trust=trust)
     if log:
         log(f"read {len(state_dict)} tensors from {path}")
-    model = build_gscnn(config.model)
+    model = GatedSCNN(config.model, config.loss)
     summary = load_official_state_dict(model, state_dict, source=path)
     summary["meta"] = meta
     return model, summary

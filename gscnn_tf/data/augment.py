@@ -10,11 +10,10 @@ Randomness comes from :class:`RandomSource`: with a seed (a length-2 int tensor,
 folded from it and a fixed per-draw tag, so the same seed always gives the same
 augmentation; without a seed the fast stateful ``tf.random`` ops are used.
 
-Order (cheapest that keeps the padding at the mean colour): scale + crop window (fused:
-only the window of the scaled image is computed, see :func:`scale_and_crop`) -> flip ->
-colour jitter -> blur -> pad. Jitter and blur run on the cropped, unpadded
-pixels, so the padded area is exactly the mean colour (0 after normalisation) and the
-ignore label.
+Order (cheapest that keeps the padding exact): scale + crop window (fused: only the
+window of the scaled image is computed, see :func:`scale_and_crop`) -> flip -> colour
+jitter -> blur -> pad. Jitter and blur run on the cropped, unpadded pixels, so the padded
+area is exactly :data:`PAD_COLOR` (black, as the official code pads) and the ignore label.
 """
 from __future__ import annotations
 
@@ -36,6 +35,9 @@ _TAG_SATURATION = 7
 _TAG_HUE = 8
 _TAG_BLUR_APPLY = 9
 _TAG_BLUR_SIGMA = 10
+
+# Image padding colour: the official RandomCrop pads with black, before normalisation.
+PAD_COLOR = (0.0, 0.0, 0.0)
 
 # Official GSCNN RandomGaussianBlur: sigma = 0.15 + U(0, 1) * 1.15.
 BLUR_SIGMA_RANGE = (0.15, 1.3)
@@ -291,7 +293,7 @@ def augment(
     image: tf.Tensor,
     label: tf.Tensor,
     crop_size: Sequence[int],
-    pad_color: Sequence[float],
+    pad_color: Sequence[float] = PAD_COLOR,
     min_scale: float = 0.5,
     max_scale: float = 2.0,
     hflip: bool = True,
@@ -306,8 +308,7 @@ def augment(
       image: (H, W, 3) uint8 or float32 RGB in 0..255.
       label: (H, W) uint8 train ids.
       crop_size: (height, width) of the output.
-      pad_color: RGB colour (0..255) of padded image pixels; pass the normalisation
-        mean so padding is 0 after normalisation.
+      pad_color: RGB colour (0..255) of padded image pixels.
       seed: None for stateful random ops; a [2] int tensor for stateless, reproducible ones.
 
     Returns:
@@ -320,17 +321,17 @@ def augment(
     if hflip:
         image, label = random_flip(image, label, rng)
     image = random_color_jitter(image, color_jitter, rng)
-    image = random_blur(image, blur_prob, rng)
+    # The blur's float kernel sums to 1 only up to rounding: keep the model's 0..255 input contract exact.
+    image = tf.clip_by_value(random_blur(image, blur_prob, rng), 0.0, 255.0)
     return pad_to_size(image, label, crop_size, pad_color, ignore_label, rng)
 
 
-def augment_from_config(image, label, data_config, pad_color, seed=None) -> tuple:
+def augment_from_config(image, label, data_config, seed=None) -> tuple:
     """:func:`augment` with the fields of a :class:`gscnn_tf.config.DataConfig`."""
     return augment(
         image,
         label,
         crop_size=data_config.crop_size,
-        pad_color=pad_color,
         min_scale=data_config.min_scale,
         max_scale=data_config.max_scale,
         hflip=data_config.hflip,

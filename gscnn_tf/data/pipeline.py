@@ -4,12 +4,13 @@ Training (``build_train_dataset``)::
 
     sorted shard list -> shard per input pipeline -> shuffle files -> interleave records
     -> shuffle serialized records -> [repeat] -> [enumerate: per-element seeds]
-    -> parse + decode -> augment (scale, crop/pad, flip, jitter, blur) -> normalise
+    -> parse + decode -> augment (scale, crop/pad, flip, jitter, blur)
     -> batch (drop remainder) -> boundary targets -> prefetch
 
-yields ``(image (B, h, w, 3) float32 normalised, {"label": (B, h, w) int32,
+yields ``(image (B, h, w, 3) float32 RGB in 0..255, {"label": (B, h, w) int32,
 "boundary": (B, h, w) float32})``. Boundary maps are computed on the *augmented*
-labels. Evaluation (``build_eval_dataset``) yields the same structure for full images
+labels. The images are not normalised: :class:`gscnn_tf.model.GatedSCNN` does that
+itself for its backbone. Evaluation (``build_eval_dataset``) yields the same structure for full images
 (batch 1, ordered, no augmentation, optional ``eval_scale`` resize), plus the
 filename as a third element when asked.
 
@@ -33,7 +34,7 @@ image's, fail with the shard path and the image's filename in the message (prefi
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence, Union
+from typing import Optional
 
 import tensorflow as tf
 
@@ -47,10 +48,7 @@ from gscnn_tf.utils.image_formats import JPEG_SOI, PNG_SIGNATURE
 logger = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
-STAGES = ("parse", "decode", "augment", "full")
 _DEFAULT_SEED = 0
-
-Normalization = Union[str, Sequence]
 
 
 # ----------------------------------------------------------------------------- targets
@@ -64,29 +62,7 @@ def boundary_targets(labels: tf.Tensor, radius: float, ignore_label: int = IGNOR
 # ----------------------------------------------------------------------------- helpers
 
 
-def resolve_normalization(normalization: Normalization) -> tuple:
-    """``(mean, std)`` RGB tuples in 0..255 units; a backbone name is looked up."""
-    if isinstance(normalization, str):
-        from gscnn_tf.backbones import normalization_for
-
-        normalization = normalization_for(normalization)
-    try:
-        mean, std = normalization
-        mean = tuple(float(v) for v in mean)
-        std = tuple(float(v) for v in std)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"normalization must be (mean, std) RGB triples or a backbone name, got {normalization!r}") from exc
-    if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
-        raise ValueError(f"normalization needs 3 means and 3 positive stds, got {normalization!r}")
-    return mean, std
-
-
-def normalize_image(image: tf.Tensor, mean, std) -> tf.Tensor:
-    """``(rgb_0_255 - mean) / std`` as float32."""
-    return (tf.cast(image, tf.float32) - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
-
-
-def _options(deterministic: bool) -> tf.data.Options:
+def dataset_options(deterministic: bool) -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = deterministic
     # We shard (by file) ourselves, per input pipeline.
@@ -175,45 +151,17 @@ def _source(data_config, split: str, training: bool, seed, input_context, determ
 # ----------------------------------------------------------------------------- datasets
 
 
-def build_train_dataset(
-    data_config,
-    batch_size: int,
-    normalization: Normalization,
-    seed: Optional[int] = None,
-    input_context: Optional[tf.distribute.InputContext] = None,
-    boundary_radius: float = 2.0,
-    repeat: bool = False,
-    _stop_after: str = "full",
-) -> tf.data.Dataset:
-    """The augmented training dataset (see the module docstring).
+def shuffled_train_records(data_config, seed: Optional[int] = None,
+                           input_context: Optional[tf.distribute.InputContext] = None, repeat: bool = False) -> tuple:
+    """The first stage of :func:`build_train_dataset`: this pipeline's training records, shuffled.
 
-    Args:
-      data_config: :class:`gscnn_tf.config.DataConfig`.
-      batch_size: the *global* batch size; with ``input_context`` each pipeline batches
-        ``input_context.get_per_replica_batch_size(batch_size)``.
-      normalization: ``(mean, std)`` RGB in 0..255 units, or a backbone name.
-      seed: base seed for shuffles and (with ``data.deterministic``) the stateless
-        augmentation; None means 0 in deterministic mode, unseeded otherwise.
-      boundary_radius: ``LossConfig.boundary_radius`` for the GT boundary maps.
-      repeat: repeat forever (element seeds keep counting across epochs); otherwise one
-        pass per iteration (Keras re-iterates each epoch, reshuffling).
-      _stop_after: benchmarking only: "parse" | "decode" (unbatched per-example
-        datasets), "augment" (batched, no boundary), "full".
+    Returns ``(records, parse_fn, decode_fn)``: mapping ``decode_fn`` over ``records`` gives
+    ``(image uint8, label uint8, filename)`` (``parse_fn`` stops after parsing); the
+    benchmark times these stages one by one. ``seed`` as in :func:`build_train_dataset`.
     """
-    if _stop_after not in STAGES:
-        raise ValueError(f"_stop_after must be one of {STAGES}")
-    mean, std = resolve_normalization(normalization)
     deterministic = bool(data_config.deterministic)
     if seed is None and deterministic:
         seed = _DEFAULT_SEED
-    per_replica = input_context.get_per_replica_batch_size(batch_size) if input_context else int(batch_size)
-    if per_replica < 1:
-        raise ValueError(f"batch size {batch_size} gives {per_replica} per replica")
-    crop_size = [int(v) for v in data_config.crop_size]
-    if len(crop_size) != 2 or min(crop_size) < 1:
-        raise ValueError(f"data.crop_size must be [height, width], got {data_config.crop_size!r}")
-    pipeline_id = input_context.input_pipeline_id if input_context else 0
-
     ds, parse_fn, decode_fn = _source(data_config, "train", True, seed, input_context, deterministic)
     if repeat:
         ds = ds.repeat()
@@ -221,10 +169,18 @@ def build_train_dataset(
         # After repeat(), the buffer mixes across epoch boundaries, so epochs differ in order
         # even without reshuffling; deterministic mode must not reshuffle per iterator (above).
         ds = ds.shuffle(data_config.shuffle_buffer, seed=seed, reshuffle_each_iteration=not deterministic)
-    options = _options(deterministic)
-    if _stop_after in ("parse", "decode"):
-        stage_fn = parse_fn if _stop_after == "parse" else decode_fn
-        return ds.map(stage_fn, num_parallel_calls=AUTOTUNE, deterministic=deterministic).prefetch(AUTOTUNE).with_options(options)
+    return ds, parse_fn, decode_fn
+
+
+def augmented_examples(records: tf.data.Dataset, decode_fn, data_config, seed: Optional[int] = None,
+                       pipeline_id: int = 0) -> tf.data.Dataset:
+    """The second stage: decode and augment each record -> ``(image float32 0..255, label int32)``."""
+    deterministic = bool(data_config.deterministic)
+    if seed is None and deterministic:
+        seed = _DEFAULT_SEED
+    crop_size = [int(v) for v in data_config.crop_size]
+    if len(crop_size) != 2 or min(crop_size) < 1:
+        raise ValueError(f"data.crop_size must be [height, width], got {data_config.crop_size!r}")
 
     def augment_one(index, *raw):
         image, label, filename = decode_fn(*raw)
@@ -236,36 +192,59 @@ def build_train_dataset(
             element_seed = tf.random.experimental.stateless_fold_in(element_seed, pipeline_id)
             name_hash = tf.strings.to_hash_bucket_fast(filename, 2**31 - 1)
             element_seed = tf.random.experimental.stateless_fold_in(element_seed, name_hash)
-        image, label = aug.augment_from_config(image, label, data_config, pad_color=mean, seed=element_seed)
-        return normalize_image(image, mean, std), tf.cast(label, tf.int32)
+        image, label = aug.augment_from_config(image, label, data_config, seed=element_seed)
+        return image, tf.cast(label, tf.int32)
 
     if deterministic:
-        ds = ds.enumerate()
-        ds = ds.map(
+        return records.enumerate().map(
             lambda index, raw: augment_one(index, *(raw if isinstance(raw, tuple) else (raw,))),
             num_parallel_calls=AUTOTUNE,
             deterministic=True,
         )
-    else:
-        ds = ds.map(lambda *raw: augment_one(None, *raw), num_parallel_calls=AUTOTUNE, deterministic=False)
-    ds = ds.batch(per_replica, drop_remainder=True, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    if _stop_after == "augment":
-        return ds.prefetch(AUTOTUNE).with_options(options)
+    return records.map(lambda *raw: augment_one(None, *raw), num_parallel_calls=AUTOTUNE, deterministic=False)
 
+
+def build_train_dataset(
+    data_config,
+    batch_size: int,
+    seed: Optional[int] = None,
+    input_context: Optional[tf.distribute.InputContext] = None,
+    boundary_radius: float = 2.0,
+    repeat: bool = False,
+) -> tf.data.Dataset:
+    """The augmented training dataset (see the module docstring).
+
+    Args:
+      data_config: :class:`gscnn_tf.config.DataConfig`.
+      batch_size: the *global* batch size; with ``input_context`` each pipeline batches
+        ``input_context.get_per_replica_batch_size(batch_size)``.
+      seed: base seed for shuffles and (with ``data.deterministic``) the stateless
+        augmentation; None means 0 in deterministic mode, unseeded otherwise.
+      boundary_radius: ``LossConfig.boundary_radius`` for the GT boundary maps.
+      repeat: repeat forever (element seeds keep counting across epochs); otherwise one
+        pass per iteration (Keras re-iterates each epoch, reshuffling).
+    """
+    deterministic = bool(data_config.deterministic)
+    per_replica = input_context.get_per_replica_batch_size(batch_size) if input_context else int(batch_size)
+    if per_replica < 1:
+        raise ValueError(f"batch size {batch_size} gives {per_replica} per replica")
+    pipeline_id = input_context.input_pipeline_id if input_context else 0
+    records, _, decode_fn = shuffled_train_records(data_config, seed, input_context, repeat)
+    ds = augmented_examples(records, decode_fn, data_config, seed, pipeline_id)
+    ds = ds.batch(per_replica, drop_remainder=True, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     ignore = int(data_config.ignore_label)
     ds = ds.map(
         lambda image, label: (image, {"label": label, "boundary": boundary_targets(label, boundary_radius, ignore)}),
         num_parallel_calls=AUTOTUNE,
         deterministic=deterministic,
     )
-    return ds.prefetch(AUTOTUNE).with_options(options)
+    return ds.prefetch(AUTOTUNE).with_options(dataset_options(deterministic))
 
 
 def make_distributed_train_dataset(
     strategy: tf.distribute.Strategy,
     data_config,
     global_batch: int,
-    normalization: Normalization,
     seed: Optional[int] = None,
     boundary_radius: float = 2.0,
     repeat: bool = False,
@@ -280,7 +259,6 @@ def make_distributed_train_dataset(
         return build_train_dataset(
             data_config,
             global_batch,
-            normalization,
             seed=seed,
             input_context=input_context,
             boundary_radius=boundary_radius,
@@ -292,7 +270,6 @@ def make_distributed_train_dataset(
 
 def build_eval_dataset(
     data_config,
-    normalization: Normalization,
     with_filenames: bool = False,
     input_context: Optional[tf.distribute.InputContext] = None,
     boundary_radius: float = 2.0,
@@ -300,12 +277,11 @@ def build_eval_dataset(
 ) -> tf.data.Dataset:
     """Full images, no augmentation, batch 1, in file/record order.
 
-    Yields ``(image (1, H, W, 3), {"label": (1, H, W) int32, "boundary": (1, H, W) float32})``
+    Yields ``(image (1, H, W, 3) float32 RGB in 0..255, {"label": (1, H, W) int32, "boundary": (1, H, W) float32})``
     and, with ``with_filenames``, a third element ``filename`` (1,) string. With
     ``data.eval_scale != 1`` image (bilinear) and label (nearest) are resized to
     ``round(size * eval_scale)``.
     """
-    mean, std = resolve_normalization(normalization)
     ds, _, decode_fn = _source(data_config, split, False, None, input_context, True)
     scale = float(data_config.eval_scale)
     if scale <= 0:
@@ -316,11 +292,11 @@ def build_eval_dataset(
         image, label, filename = decode_fn(*raw)
         if scale != 1.0:
             image, label = aug.scale_image_and_label(image, label, scale)
-        image = normalize_image(image, mean, std)
+        image = tf.cast(image, tf.float32)
         label = tf.cast(label, tf.int32)
         boundary = boundary_targets(label[None], boundary_radius, ignore)[0]
         targets = {"label": label, "boundary": boundary}
         return (image, targets, filename) if with_filenames else (image, targets)
 
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return ds.batch(1).prefetch(AUTOTUNE).with_options(_options(True))
+    return ds.batch(1).prefetch(AUTOTUNE).with_options(dataset_options(True))

@@ -1,4 +1,4 @@
-"""SavedModel export for TF Serving: in-graph decoding, normalisation, padding and cropping.
+"""SavedModel export for TF Serving: in-graph decoding, padding and cropping around the model.
 
 The exported directory ``<export_dir>/<version>/`` is a plain SavedModel that TF Serving
 (or ``tf.saved_model.load`` in a process without this package) loads as it is:
@@ -41,7 +41,7 @@ element; other corrupt data raises the decoder's ``InvalidArgumentError``. An em
 ``serving_image_tensor`` batch is an ``InvalidArgumentError``. Requests are independent,
 so the next one works.
 
-Assets: ``assets/labels.json`` (class names, colours, ignore/fill values, normalisation,
+Assets: ``assets/labels.json`` (class names, colours, ignore/fill values, input contract,
 signatures) and ``assets/config.yaml`` (the ExperimentConfig used), and TF Serving warmup
 requests in ``assets.extra/tf_serving_warmup_requests`` (see :mod:`gscnn_tf.export.warmup`).
 """
@@ -97,8 +97,6 @@ def export_saved_model(
     model_name: str = "gscnn",
     verify: bool = True,
     source: Optional[str] = None,
-    mean: Optional[Sequence[float]] = None,
-    std: Optional[Sequence[float]] = None,
 ) -> str:
     """Writes ``<export_dir>/<version>/`` atomically and returns its path.
 
@@ -120,7 +118,7 @@ def export_saved_model(
             remove_stale_export_temps(export_dir)
         return _export_locked(model, config, export_dir, version, overwrite, with_probabilities, pad_mode, max_pixels,
                               max_request_pixels, chunk_pixels, warmup, warmup_images, warmup_size, model_name,
-                              verify, source, mean, std)
+                              verify, source)
 
 
 def check_finite_weights(model, source: str) -> None:
@@ -134,15 +132,14 @@ def check_finite_weights(model, source: str) -> None:
 
 
 def _export_locked(model, config, export_dir, version, overwrite, with_probabilities, pad_mode, max_pixels,
-                   max_request_pixels, chunk_pixels, warmup, warmup_images, warmup_size, model_name, verify, source,
-                   mean, std) -> str:
+                   max_request_pixels, chunk_pixels, warmup, warmup_images, warmup_size, model_name, verify, source) -> str:
     if version is None:
         version = next_version(export_dir)
     target = os.path.join(export_dir, str(int(version)))
     if os.path.exists(target) and not overwrite:
         raise FileExistsError(f"{target}: version {version} already exists (use --overwrite or another --version)")
     module = build_serving_module(model, config, with_probabilities=with_probabilities, pad_mode=pad_mode,
-                                  mean=mean, std=std, max_pixels=max_pixels, max_request_pixels=max_request_pixels,
+                                  max_pixels=max_pixels, max_request_pixels=max_request_pixels,
                                   chunk_pixels=chunk_pixels)
     samples = warmup_lib.load_or_make_samples(warmup_images, warmup_size)
     meta = module.metadata()

@@ -1,12 +1,12 @@
 """The serving graph: a ``tf.Module`` around a Keras inference model.
 
-Decoding (with the checks of :mod:`gscnn_tf.export.image_headers`), normalisation,
-padding to the model's stride, chunked or per-image runs and cropping back; see
+Decoding (with the checks of :mod:`gscnn_tf.export.image_headers`), padding to the
+model's stride (the model normalises the RGB pixels itself), chunked or per-image runs and cropping back; see
 :mod:`gscnn_tf.export.saved_model` for the contract it serves.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import tensorflow as tf
 
@@ -23,14 +23,6 @@ from gscnn_tf.export.signatures import (
 from gscnn_tf.utils.serving_limits import DEFAULT_CHUNK_PIXELS
 
 
-def normalization_for_config(config: ExperimentConfig) -> tuple:
-    """(mean, std) RGB tuples in 0..255 units for the configured backbone (ARCHITECTURE.md)."""
-    from gscnn_tf.backbones import normalization_for
-
-    mean, std = normalization_for(config.model.backbone)
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
-
-
 def pad_multiple_for(config: ExperimentConfig) -> int:
     """Input sizes the model accepts: multiples of 8 at output stride 8, of 16 at 16."""
     return 16 if int(config.model.output_stride) == 16 else 8
@@ -44,7 +36,7 @@ class _Holder:
 
 
 class GSCNNServingModule(tf.Module):
-    """The serving graph around a Keras inference model (image -> {seg_logits, edge}).
+    """The serving graph around a :class:`gscnn_tf.model.GatedSCNN` (RGB 0..255 -> {seg_logits, edge}).
 
     Used for the export and, in memory, by :mod:`gscnn_tf.predict` for checkpoints, so a
     checkpoint and its SavedModel go through the same preprocessing code.
@@ -53,8 +45,6 @@ class GSCNNServingModule(tf.Module):
     def __init__(
         self,
         model,
-        mean: Sequence[float],
-        std: Sequence[float],
         pad_multiple: int = 8,
         num_classes: Optional[int] = None,
         with_probabilities: bool = False,
@@ -67,8 +57,6 @@ class GSCNNServingModule(tf.Module):
         super().__init__(name=name)
         if pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode {pad_mode!r}: expected one of {PAD_MODES}")
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean/std must be 3 RGB values with std > 0, got {mean}, {std}")
         self._holder = _Holder(model)
         # Saved explicitly (as keras.export.ExportArchive does) instead of the Keras object graph.
         self.model_variables = list(model.variables)
@@ -82,8 +70,10 @@ class GSCNNServingModule(tf.Module):
         self.max_pixels = int(max_pixels)  # 0: no limit
         self.max_request_pixels = int(max_request_pixels)  # 0: no limit
         self.chunk_pixels = int(chunk_pixels)  # 0: the whole batch in one call
-        self.mean = tuple(float(v) for v in mean)
-        self.std = tuple(float(v) for v in std)
+        # "mean" padding: the backbone's mean colour, which is 0 once the model normalises.
+        self.pad_color = tuple(float(v) for v in getattr(model, "pixel_mean", None) or ())
+        if pad_mode == "mean" and len(self.pad_color) != 3:
+            raise ValueError("pad_mode 'mean' needs a model with a pixel_mean (a GatedSCNN knows its backbone's)")
         # The network is traced once, as its own function, and called from every signature
         # (and both branches of the mixed-size batch logic): one copy in the saved graph.
         self.forward = tf.function(
@@ -103,22 +93,19 @@ class GSCNNServingModule(tf.Module):
     # ------------------------------------------------------------------ graph pieces
 
     def _pad(self, images: tf.Tensor) -> tf.Tensor:
-        """uint8 (B,h,w,3) -> float32 normalised (B,hp,wp,3), hp/wp the next multiples."""
+        """uint8 (B,h,w,3) -> float32 RGB 0..255 (B,hp,wp,3), hp/wp the next multiples."""
         shape = tf.shape(images)
         h, w = shape[1], shape[2]
         m = self.pad_multiple
         hp = (h + m - 1) // m * m
         wp = (w + m - 1) // m * m
         x = tf.cast(images, tf.float32)
-        mean = tf.constant(self.mean, tf.float32)
-        std = tf.constant(self.std, tf.float32)
         if self.pad_mode == "edge":
             # Replicate the border rows/columns: gather with clamped indices works for any amount.
             x = tf.gather(x, tf.minimum(tf.range(hp), h - 1), axis=1)
-            x = tf.gather(x, tf.minimum(tf.range(wp), w - 1), axis=2)
-            return (x - mean) / std
-        x = (x - mean) / std
-        return tf.pad(x, [[0, 0], [0, hp - h], [0, wp - w], [0, 0]])  # 0 = the mean colour
+            return tf.gather(x, tf.minimum(tf.range(wp), w - 1), axis=2)
+        paddings = [[0, 0], [0, hp - h], [0, wp - w], [0, 0]]
+        return tf.concat([tf.pad(x[..., c:c + 1], paddings, constant_values=self.pad_color[c]) for c in range(3)], -1)
 
     def _forward(self, x):
         out = self.model(x, training=False)
@@ -311,7 +298,7 @@ class GSCNNServingModule(tf.Module):
                 IMAGE_TENSOR_SIGNATURE: {"inputs": {TENSOR_INPUT: "uint8 (B,H,W,3) RGB"}},
                 "outputs": outputs,
             },
-            "normalization": {"mean": list(self.mean), "std": list(self.std)},
+            "input": "RGB 0..255; the model normalises it for its backbone",
             "pad_multiple": self.pad_multiple,
             "pad_mode": self.pad_mode,
             "max_pixels": self.max_pixels,
@@ -322,16 +309,11 @@ class GSCNNServingModule(tf.Module):
 
 
 def build_serving_module(model, config: ExperimentConfig, with_probabilities: bool = False, pad_mode: str = "edge",
-                         mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                          max_pixels: int = 0, max_request_pixels: int = 0,
                          chunk_pixels: int = DEFAULT_CHUNK_PIXELS):
-    """The serving module for ``model`` with the normalisation and stride of ``config``."""
-    if mean is None or std is None:
-        mean, std = normalization_for_config(config)
+    """The serving module for ``model`` with the stride and class count of ``config``."""
     return GSCNNServingModule(
         model,
-        mean=mean,
-        std=std,
         pad_multiple=pad_multiple_for(config),
         num_classes=int(config.model.num_classes),
         with_probabilities=with_probabilities,

@@ -8,7 +8,7 @@ The layer follows OpenCV 4.x ``modules/imgproc/src/canny.cpp`` (aperture 3) step
 integer arithmetic, so on uint8 images it reproduces ``cv2.Canny`` pixel for pixel (verified on
 scikit-image's sample photos; see ``tests/test_canny.py``):
 
-1. undo the normalisation (``rgb = x * std + mean``), round and clip to the uint8 range
+1. round and clip the RGB input (0..255 units) to uint8 values
    (``input_mode="official_uint8_wrap"`` instead reproduces the official code's cast, see below);
 2. optional Gaussian smoothing, bit-exact with ``cv2.GaussianBlur(img, (0, 0), sigma)`` on uint8
    (OpenCV's 8-bit fixed-point kernel, reflect-101 border);
@@ -44,7 +44,7 @@ _SHIFT = 15
 # Hysteresis bit packing: pixels per int32 word (the sign bit stays 0) and the matching mask.
 _WORD_BITS = 31
 _WORD_MASK = (1 << _WORD_BITS) - 1
-# How the normalised input becomes uint8 pixels (see CannyEdges).
+# How the input becomes uint8 pixels (see CannyEdges).
 INPUT_MODES = ("rgb", "official_uint8_wrap")
 
 
@@ -84,19 +84,17 @@ def _window(x, axis, start, size):
 
 @keras.saving.register_keras_serializable(package="gscnn_tf")
 class CannyEdges(keras.layers.Layer):
-    """In-graph ``cv2.Canny`` on normalised RGB images.
+    """In-graph ``cv2.Canny`` on RGB images.
 
-    Input: (B, H, W, 3) float, normalised as ``x = (rgb_0_255 - mean) / std`` (any H, W; the
-    shape may be dynamic). Output: (B, H, W, 1) float32 in {0, 1}. No weights, not trainable, no
-    gradient (the input and output go through ``stop_gradient``). Always computes in float32 /
-    int32, also under a ``mixed_float16`` policy.
+    Input: (B, H, W, 3) RGB in 0..255 units, uint8 or float (any H, W; the shape may be
+    dynamic); with ``input_mode="official_uint8_wrap"`` the backbone-normalised image.
+    Output: (B, H, W, 1) float32 in {0, 1}. No weights, not trainable, no gradient (the
+    input and output go through ``stop_gradient``). Always computes in float32 / int32, also
+    under a ``mixed_float16`` policy.
 
     Args:
         low_threshold, high_threshold: hysteresis thresholds as in ``cv2.Canny`` (swapped if
             low > high, like OpenCV).
-        mean, std: the 3-tuples (RGB, 0..255 units) used to normalise the input; the defaults
-            (0, 0, 0) / (1, 1, 1) mean the input is already 0..255 RGB. Pass
-            ``gscnn_tf.backbones.normalization_for(backbone)``.
         smoothing_sigma: 0 = no smoothing (like ``cv2.Canny`` itself); > 0 first applies a
             Gaussian equal to ``cv2.GaussianBlur(img, (0, 0), sigma)`` on uint8 (kernel size
             ``gaussian_kernel_size(sigma)``, reflect-101 border; H and W must exceed the kernel
@@ -113,17 +111,15 @@ class CannyEdges(keras.layers.Layer):
             photos.
         l2_gradient: use dx^2 + dy^2 (compared with squared thresholds) like OpenCV's
             ``L2gradient=True``.
-        input_mode: ``"rgb"`` (default: denormalise with ``mean``/``std``, round, clip) or
-            ``"official_uint8_wrap"`` (``floormod(trunc(x), 256)`` of the normalised input
-            itself, ignoring ``mean``/``std``; see the module docstring).
+        input_mode: ``"rgb"`` (default: round and clip the 0..255 input) or
+            ``"official_uint8_wrap"`` (``floormod(trunc(x), 256)`` of the normalised input;
+            see the module docstring).
     """
 
     def __init__(
         self,
         low_threshold=10.0,
         high_threshold=100.0,
-        mean=(0.0, 0.0, 0.0),
-        std=(1.0, 1.0, 1.0),
         smoothing_sigma=0.0,
         max_hysteresis_iterations=1000,
         l2_gradient=False,
@@ -134,8 +130,6 @@ class CannyEdges(keras.layers.Layer):
         kwargs["dtype"] = "float32"
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
-        if len(mean) != 3 or len(std) != 3:
-            raise ValueError(f"mean and std must have 3 entries (RGB), got {mean!r}, {std!r}")
         if input_mode not in INPUT_MODES:
             raise ValueError(f"input_mode must be one of {list(INPUT_MODES)}, got {input_mode!r}")
         self.input_mode = input_mode
@@ -145,8 +139,6 @@ class CannyEdges(keras.layers.Layer):
             raise ValueError("max_hysteresis_iterations must be >= 0 or None")
         self.low_threshold = float(low_threshold)
         self.high_threshold = float(high_threshold)
-        self.mean = tuple(float(v) for v in mean)
-        self.std = tuple(float(v) for v in std)
         self.smoothing_sigma = float(smoothing_sigma)
         self.max_hysteresis_iterations = (
             None if max_hysteresis_iterations is None else int(max_hysteresis_iterations)
@@ -171,9 +163,8 @@ class CannyEdges(keras.layers.Layer):
         if self.input_mode == "official_uint8_wrap":
             # Float -> int casts truncate toward zero on every backend; mod is a floor-mod (TF, JAX).
             return ops.mod(ops.cast(x, "int32"), 256)
-        rgb = x * ops.convert_to_tensor(self.std, "float32") + ops.convert_to_tensor(self.mean, "float32")
-        # The official loader sees uint8 pixels; rounding recovers them exactly from normalised floats.
-        return ops.cast(ops.clip(ops.round(rgb), 0.0, 255.0), "int32")
+        # cv2.Canny sees uint8 pixels; float inputs (e.g. after colour jitter) round to them.
+        return ops.cast(ops.clip(ops.round(x), 0.0, 255.0), "int32")
 
     def _gaussian(self, img):
         """Separable fixed-point blur: taps/256 horizontally then vertically, round half up."""
@@ -292,8 +283,6 @@ class CannyEdges(keras.layers.Layer):
         config.update(
             low_threshold=self.low_threshold,
             high_threshold=self.high_threshold,
-            mean=list(self.mean),
-            std=list(self.std),
             smoothing_sigma=self.smoothing_sigma,
             max_hysteresis_iterations=self.max_hysteresis_iterations,
             l2_gradient=self.l2_gradient,

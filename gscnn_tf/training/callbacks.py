@@ -72,16 +72,21 @@ def ensure_free_space(path: str, variables) -> None:
 
 
 def save_weights_atomic(model: keras.Model, path: str) -> None:
-    """``model.save_weights`` through a temporary ``*.weights.h5`` that is renamed when complete."""
+    """The model's weights, without its optimizer state, through a temporary ``*.weights.h5``
+    that is renamed when complete (the inference checkpoints; backups keep the optimizer)."""
     ensure_free_space(path, model.weights)
+    optimizer = getattr(model, "optimizer", None)
     with atomic_path(path, suffix=".weights.h5") as tmp:
-        model.save_weights(tmp)
+        # ``objects_to_skip`` reaches Keras' saving_lib through the public keras.saving.save_weights;
+        # it is the only way to leave a compiled model's optimizer out of the file (which would
+        # double its size). tests/test_private_hooks.py fails by name if Keras drops it.
+        keras.saving.save_weights(model, tmp, objects_to_skip=[optimizer] if optimizer is not None else None)
 
 
 def read_backup(backup_dir: str) -> Optional[dict]:
     """The newest complete backup's record, or None when there is none.
 
-    Keys: ``weights`` (path of the trainer weights), ``global_step``, ``best`` (the best
+    Keys: ``weights`` (path of the model + optimizer weights), ``global_step``, ``best`` (the best
     monitored value so far: ``{"monitor", "value", "epoch", "global_step"}``, value None
     before the first validation) and, for a backup taken at an epoch end, ``epoch_end``
     (``{"epoch", "logs", "best_improved"}``: what the epoch's other files must hold).
@@ -159,11 +164,11 @@ def _float_logs(logs: dict) -> dict:
     return out
 
 
-def complete_epoch(network: keras.Model, model_dir: str, meta: dict) -> None:
+def complete_epoch(model: keras.Model, model_dir: str, meta: dict) -> None:
     """Writes what an epoch-end backup says the epoch produced: last (and best) weights, CSV row.
 
     Called right after the backup at each epoch end, and again on resume from such a
-    backup (the network then holds exactly the epoch's weights): every write is
+    backup (the model then holds exactly the epoch's weights): every write is
     idempotent, so a kill anywhere in between loses nothing. When all are done the
     pointer records it (``"written": true``), so later resumes skip them.
     """
@@ -173,10 +178,10 @@ def complete_epoch(network: keras.Model, model_dir: str, meta: dict) -> None:
     if record.get("best_improved"):
         path = os.path.join(model_dir, BEST_WEIGHTS)
         with writing(path):
-            save_weights_atomic(network, path)
+            save_weights_atomic(model, path)
     path = os.path.join(model_dir, LAST_WEIGHTS)
     with writing(path):
-        save_weights_atomic(network, path)
+        save_weights_atomic(model, path)
     path = os.path.join(model_dir, METRICS_CSV)
     with writing(path):
         write_csv_row(path, record["epoch"], record["logs"])
@@ -191,7 +196,7 @@ class RunCheckpointer(keras.callbacks.Callback):
     """Every file of the run directory that training keeps, written so no kill loses any.
 
     - every ``save_freq`` steps (an int; or only at epoch ends with ``"epoch"``): a
-      step-exact backup of the trainer (weights + optimizer state) in
+      step-exact backup of the model (weights + optimizer state) in
       ``backup/step-XXXXXXXX/`` (written to a temp dir, then renamed), made current by
       atomically replacing ``backup/latest.json``, which also keeps the best monitored
       value so far (so a resumed run does not overwrite a better ``best`` checkpoint);
@@ -207,10 +212,9 @@ class RunCheckpointer(keras.callbacks.Callback):
     Every worker runs the checks (so all stop together); only ``write=True`` writes.
     """
 
-    def __init__(self, network: keras.Model, model_dir: str, save_freq="epoch", monitor="val_miou",
+    def __init__(self, model_dir: str, save_freq="epoch", monitor="val_miou",
                  best: Optional[dict] = None, write: bool = True):
         super().__init__()
-        self.network = network
         self.model_dir = model_dir
         self.backup_dir = os.path.join(model_dir, BACKUP_DIR)
         self.save_freq = save_freq
@@ -287,19 +291,16 @@ class RunCheckpointer(keras.callbacks.Callback):
             self.best = {"monitor": self.monitor, "value": value, "epoch": epoch + 1, "global_step": step}
         meta = self._backup(step, {"epoch": epoch, "logs": values, "best_improved": bool(improved)})
         if self.write:
-            complete_epoch(self.network, self.model_dir, meta)
+            complete_epoch(self.model, self.model_dir, meta)
 
 
 class ImageSummaries(keras.callbacks.Callback):
     """TensorBoard images after each validation: input, ground truth, prediction, edge map."""
 
-    def __init__(self, network, images, labels, log_dir, mean, std, every_n_epochs=1):
+    def __init__(self, images, labels, log_dir, every_n_epochs=1):
         super().__init__()
-        self.network = network
-        self.images = images  # (N, H, W, 3) normalised
+        self.images = images  # (N, H, W, 3) RGB 0..255
         self.labels = labels  # (N, H, W) train ids
-        self.mean = np.asarray(mean, np.float32)
-        self.std = np.asarray(std, np.float32)
         self.every = max(1, every_n_epochs)
         self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "images"))
 
@@ -308,10 +309,10 @@ class ImageSummaries(keras.callbacks.Callback):
             return
         from gscnn_tf.labels import colorize
 
-        outputs = self.network(self.images, training=False)
+        outputs = self.model(self.images, training=False)
         pred = np.argmax(keras.ops.convert_to_numpy(outputs["seg_logits"]), axis=-1)
         edge = keras.ops.convert_to_numpy(outputs["edge"])
-        rgb = np.clip(np.asarray(self.images) * self.std + self.mean, 0, 255).astype(np.uint8)
+        rgb = np.clip(np.rint(np.asarray(self.images)), 0, 255).astype(np.uint8)
         with self.writer.as_default(step=epoch + 1):
             tf.summary.image("input", rgb, max_outputs=len(rgb))
             tf.summary.image("ground_truth", colorize(np.asarray(self.labels)), max_outputs=len(rgb))

@@ -34,7 +34,6 @@ from gscnn_tf.training import callbacks as cb
 from gscnn_tf.training.distribute import make_strategy, resolve_jit_compile
 from gscnn_tf.training.errors import TrainingError, TrainingFailed, writing
 from gscnn_tf.training.optimizer import build_optimizer
-from gscnn_tf.training.trainer import GSCNNTrainer
 from gscnn_tf.utils.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
@@ -67,23 +66,23 @@ def _steps_per_epoch(cfg: ExperimentConfig) -> int:
     return max(1, count_records(cfg.data.train_pattern) // cfg.train.batch_size)
 
 
-def _build_datasets(cfg: ExperimentConfig, strategy, normalization, seed, val_records=None):
+def _build_datasets(cfg: ExperimentConfig, strategy, seed, val_records=None):
     from gscnn_tf.data import pipeline
 
     replicas = strategy.num_replicas_in_sync
     if replicas > 1 or cfg.train.strategy == "multi_worker":
         train_ds = pipeline.make_distributed_train_dataset(
-            strategy, cfg.data, cfg.train.batch_size, normalization=normalization, seed=seed,
+            strategy, cfg.data, cfg.train.batch_size, seed=seed,
             boundary_radius=cfg.loss.boundary_radius, repeat=True,
         )
     else:
         train_ds = pipeline.build_train_dataset(
-            cfg.data, cfg.train.batch_size, normalization=normalization, seed=seed,
+            cfg.data, cfg.train.batch_size, seed=seed,
             boundary_radius=cfg.loss.boundary_radius, repeat=True,
         )
     val_ds = None
     if cfg.data.val_pattern or cfg.data.source == "tfds":
-        val_ds = pipeline.build_eval_dataset(cfg.data, normalization=normalization, boundary_radius=cfg.loss.boundary_radius)
+        val_ds = pipeline.build_eval_dataset(cfg.data, boundary_radius=cfg.loss.boundary_radius)
         if val_records is None and cfg.data.source == "tfrecord":
             val_records = count_records(cfg.data.val_pattern)
         batches = val_records
@@ -230,8 +229,7 @@ def train(cfg: ExperimentConfig, fresh: bool = False, require_resume: bool = Fal
         TrainingFailed: the run stopped (diverged, disk full, corrupt data); the last
             complete backup and checkpoints are intact.
     """
-    from gscnn_tf.backbones import normalization_for
-    from gscnn_tf.model import build_gscnn
+    from gscnn_tf.model import GatedSCNN
 
     tcfg = cfg.train
     strategy = make_strategy(tcfg)  # first: may split the CPU into logical devices
@@ -249,36 +247,30 @@ def train(cfg: ExperimentConfig, fresh: bool = False, require_resume: bool = Fal
     if require_resume and backup is None:
         raise TrainingError(f"--resume: no backup in {backup_dir}")
     val_records = _check_data(cfg)
-    normalization = normalization_for(cfg.model.backbone)
     steps_per_epoch = _steps_per_epoch(cfg)
     total_steps = steps_per_epoch * tcfg.epochs
-    train_ds, val_ds = _build_datasets(cfg, strategy, normalization, tcfg.seed, val_records)
+    train_ds, val_ds = _build_datasets(cfg, strategy, tcfg.seed, val_records)
 
     with strategy.scope():
-        network = build_gscnn(cfg.model)
+        model = GatedSCNN(cfg.model, cfg.loss)
         if tcfg.init_checkpoint and backup is None:
             log.info("fine-tuning from %s", tcfg.init_checkpoint)
             source, _ = load_inference_model(tcfg.init_checkpoint, cfg)
-            network.set_weights(source.get_weights())
-        trainer = GSCNNTrainer(
-            network, cfg.loss, num_classes=cfg.model.num_classes, use_edge_terms=cfg.model.shape_stream,
-            seed=tcfg.seed,
-        )
-        trainer.compile(optimizer=build_optimizer(tcfg, total_steps), jit_compile=resolve_jit_compile(tcfg, strategy))
-        crop_h, crop_w = cfg.data.crop_size
-        trainer(np.zeros((1, crop_h, crop_w, 3), np.float32))  # build before restoring weights
-        trainer.optimizer.build(trainer.trainable_variables)
+            model.set_weights(source.get_weights())
+        model.compile(optimizer=build_optimizer(tcfg, total_steps), seed=tcfg.seed,
+                      jit_compile=resolve_jit_compile(tcfg, strategy))
+        model.optimizer.build(model.trainable_variables)  # before restoring its state
         global_step = 0
         if backup is not None:
             try:
-                trainer.load_weights(backup["weights"])
+                model.load_weights(backup["weights"])
             except (ValueError, OSError) as exc:
                 raise TrainingError(f"{backup['weights']}: cannot restore the backup ({exc}); rerun with --fresh") from exc
-            bad = non_finite_weights(trainer, trainer.optimizer.variables)
+            bad = non_finite_weights(model, model.optimizer.variables)
             if bad:
                 raise TrainingError(f"{backup['weights']}: the backup holds non-finite weights ({bad[0]}, ...); "
                                     "rerun with --fresh to start again")
-            global_step = int(trainer.optimizer.iterations.numpy())
+            global_step = int(model.optimizer.iterations.numpy())
             log.info("resuming from %s at step %d (epoch %d)", backup["weights"], global_step, global_step // steps_per_epoch + 1)
 
     if global_step >= total_steps:
@@ -298,10 +290,10 @@ def train(cfg: ExperimentConfig, fresh: bool = False, require_resume: bool = Fal
     if backup is not None:
         best = backup.get("best") or cb.best_from_csv(os.path.join(model_dir, cb.METRICS_CSV), "val_miou")
         if chief:
-            cb.complete_epoch(network, model_dir, backup)  # writes a kill may have cut off
+            cb.complete_epoch(model, model_dir, backup)  # writes a kill may have cut off
 
     logs_dir = os.path.join(model_dir, "logs")
-    checkpointer = cb.RunCheckpointer(network, model_dir, save_freq=tcfg.backup_save_freq, best=best, write=chief)
+    checkpointer = cb.RunCheckpointer(model_dir, save_freq=tcfg.backup_save_freq, best=best, write=chief)
     if backup is not None:
         checkpointer.last_backup_step = global_step
     callbacks = [checkpointer]
@@ -321,23 +313,22 @@ def train(cfg: ExperimentConfig, fresh: bool = False, require_resume: bool = Fal
         if chief and val_ds is not None and tcfg.image_summaries:
             images, labels = _first_examples(val_ds, tcfg.image_summaries)
             if images is not None:
-                mean, std = normalization
-                callbacks.append(cb.ImageSummaries(network, images, labels, logs_dir, mean, std))
+                callbacks.append(cb.ImageSummaries(images, labels, logs_dir))
         if step_in_epoch and epoch < tcfg.epochs:
             # Finish the interrupted epoch first, then continue with whole epochs.
-            h = trainer.fit(train_ds, initial_epoch=epoch, epochs=epoch + 1,
+            h = model.fit(train_ds, initial_epoch=epoch, epochs=epoch + 1,
                             steps_per_epoch=steps_per_epoch - step_in_epoch, **fit_kwargs)
             history.update({k: list(v) for k, v in h.history.items()})
             epoch += 1
         if epoch < tcfg.epochs:
-            h = trainer.fit(train_ds, initial_epoch=epoch, epochs=tcfg.epochs, steps_per_epoch=steps_per_epoch, **fit_kwargs)
+            h = model.fit(train_ds, initial_epoch=epoch, epochs=tcfg.epochs, steps_per_epoch=steps_per_epoch, **fit_kwargs)
             for k, v in h.history.items():
                 history.setdefault(k, []).extend(v)
 
     summary = {
         "model_dir": os.path.abspath(model_dir),
-        "weights_fingerprint": weights_fingerprint(network),
-        "global_step": int(trainer.optimizer.iterations.numpy()),
+        "weights_fingerprint": weights_fingerprint(model),
+        "global_step": int(model.optimizer.iterations.numpy()),
         "steps_per_epoch": steps_per_epoch,
         "epochs": tcfg.epochs,
         "replicas": strategy.num_replicas_in_sync,
@@ -345,19 +336,19 @@ def train(cfg: ExperimentConfig, fresh: bool = False, require_resume: bool = Fal
         "seconds": round(time.time() - started, 1),
         "history": {k: [float(x) for x in v] for k, v in history.items()},
     }
-    bad = non_finite_weights(network)
+    bad = non_finite_weights(model)
     if bad:  # the checkpointer stops a diverging run first; this guards model.keras on its own
         raise TrainingFailed(f"training diverged: {bad[0]} is not finite; model.keras was not written")
     if chief:
         path = os.path.join(model_dir, FINAL_MODEL)
         with writing(path):
-            cb.ensure_free_space(path, network.weights)
+            cb.ensure_free_space(path, model.weights)
             with atomic_path(path, suffix=".keras") as tmp:
-                network.save(tmp)
+                model.save(tmp)
         path = os.path.join(model_dir, LAST_WEIGHTS)
         if not os.path.isfile(path):
             with writing(path):
-                cb.save_weights_atomic(network, path)
+                cb.save_weights_atomic(model, path)
         path = os.path.join(model_dir, SUMMARY_NAME)
         with writing(path):
             atomic_write_text(path, json.dumps(summary, indent=2))

@@ -261,6 +261,20 @@ def run_conv(rate: int, reps: int) -> dict:
             **extra}
 
 
+def _compile_for_training(model, rng, batch: int, h: int, w: int) -> tuple:
+    """Compiles ``model`` with the paper's optimizer (built); returns a batch ``(x, y)``."""
+    import tensorflow as tf
+
+    from gscnn_tf.training.optimizer import CoupledWeightDecaySGD
+
+    x = tf.constant(rng.uniform(0, 255, (batch, h, w, 3)).astype("float32"))
+    label, boundary = _labels(batch, h, w)
+    y = {"label": tf.constant(label), "boundary": tf.constant(boundary)}
+    model.compile(optimizer=CoupledWeightDecaySGD(learning_rate=1e-3, momentum=0.9, l2_weight_decay=1e-4), seed=0)
+    model.optimizer.build(model.trainable_variables)
+    return x, y
+
+
 def run_model(kind: str, arch: str, model: str, xla: bool, reps: int) -> dict:
     import keras
     import numpy as np
@@ -284,15 +298,9 @@ def run_model(kind: str, arch: str, model: str, xla: bool, reps: int) -> dict:
         res = _old_and_new(make, reps)
         graph = res["fn_new"].get_concrete_function(x).graph
     else:
-        from gscnn_tf.training.optimizer import CoupledWeightDecaySGD
-
         h, w = th, tw
-        x = tf.constant(rng.uniform(0, 255, (batch, h, w, 3)).astype("float32"))
-        label, boundary = _labels(batch, h, w)
-        y = {"label": tf.constant(label), "boundary": tf.constant(boundary)}
+        x, y = _compile_for_training(network, rng, batch, h, w)
         trainer = network
-        trainer.compile(optimizer=CoupledWeightDecaySGD(learning_rate=1e-3, momentum=0.9, l2_weight_decay=1e-4), seed=0)
-        trainer.optimizer.build(trainer.trainable_variables)
 
         def make():
             fn = tf.function(lambda data: trainer.train_step(data), jit_compile=xla)
@@ -319,19 +327,14 @@ def run_parts(model: str, reps: int) -> dict:
     from gscnn_tf.layers.canny import CannyEdges
     from gscnn_tf.losses import GSCNNLoss
     from gscnn_tf.model import GatedSCNN
-    from gscnn_tf.training.optimizer import CoupledWeightDecaySGD
 
     cfg = _model_config(model, True)
     batch, h, w, _, _ = SIZES[model]
     keras.utils.set_random_seed(0)
     network = GatedSCNN(cfg)
     rng = np.random.default_rng(0)
-    x = tf.constant(rng.uniform(0, 255, (batch, h, w, 3)).astype("float32"))
-    label, boundary = _labels(batch, h, w)
-    y = {"label": tf.constant(label), "boundary": tf.constant(boundary)}
+    x, y = _compile_for_training(network, rng, batch, h, w)
     trainer = network
-    trainer.compile(optimizer=CoupledWeightDecaySGD(learning_rate=1e-3, momentum=0.9, l2_weight_decay=1e-4), seed=0)
-    trainer.optimizer.build(trainer.trainable_variables)
     outputs = {k: tf.constant(v) for k, v in network(x, training=False).items()}
     loss = GSCNNLoss(LossConfig(), dual_task_seed=0)
     variables = network.trainable_variables

@@ -203,3 +203,44 @@ def test_readme_python_api_section_runs(synthetic_tfrecords, tmp_path):
     exec(compile(code, "README.md (Python API)", "exec"), namespace)
     assert namespace["classes"].shape == (64, 96) and namespace["edges"].shape == (64, 96)
     assert type(namespace["model"]).__name__ == "GatedSCNN" and os.path.isdir(tmp_path / "exports" / "1")
+
+
+def test_model_keras_from_before_gated_scnn_is_rebuilt_from_the_run_config(tmp_path):
+    """An older run's model.keras is the bare network (input ``image``, normalised): loading it
+    gives a GatedSCNN with its weights, which on RGB pixels predicts what it did on normalised ones."""
+    from unittest import mock
+
+    from gscnn_tf.checkpoints import CheckpointError, load_inference_model
+    from gscnn_tf.config import ExperimentConfig, save_config
+    from gscnn_tf.model import _network_outputs
+
+    cfg = ExperimentConfig(model=ModelConfig(**dict(TINY, canny=False)))
+    keras.utils.set_random_seed(4)
+    with mock.patch("gscnn_tf.model.RGBImageNormalization", lambda *a, **k: keras.layers.Identity(name="identity")):
+        image = keras.Input((None, None, 3), name="image")
+        legacy = keras.Model(image, _network_outputs(image, cfg.model), name="gscnn")
+    path = str(tmp_path / "model.keras")
+    legacy.save(path)
+    with pytest.raises(CheckpointError, match="pass --config"):
+        load_inference_model(path)
+    save_config(cfg, str(tmp_path / "config.yaml"))
+    model, _ = load_inference_model(path)
+    assert isinstance(model, GatedSCNN)
+    images, _ = synthetic_batch(1)
+    normalised = (images.astype(np.float32) - 127.5) / 127.5
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(images)["seg_logits"]),
+                               keras.ops.convert_to_numpy(legacy(normalised)["seg_logits"]), atol=1e-5)
+
+
+def test_keras_export_of_the_same_object_serves_rgb_pixels(model, tmp_path):
+    """``model.export`` (Keras' own SavedModel export) carries the normalisation and the range check."""
+    path = str(tmp_path / "keras_export")
+    model.export(path, format="tf_saved_model", verbose=False)
+    loaded = tf.saved_model.load(path)  # keep it: its variables die with it
+    serve = loaded.serve
+    images, _ = synthetic_batch(1)
+    got = serve(tf.constant(images, tf.float32))["seg_logits"].numpy()
+    want = keras.ops.convert_to_numpy(model(images)["seg_logits"])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="0..255"):
+        serve(tf.constant(images, tf.float32) / 127.5 - 1.0)

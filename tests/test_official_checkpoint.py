@@ -3,7 +3,7 @@
 ``tests/data/official_golden.npz`` holds the official network's outputs on the weights
 ``random_official_state_dict(seed)`` (made by ``scripts/make_official_golden.py`` with PyTorch
 and the official code; see there). Here the same weights are regenerated with NumPy,
-converted by the real converter and run through ``build_gscnn`` (wrn38, official_compat).
+converted by the real converter and run through ``GatedSCNN`` (wrn38, official_compat).
 """
 import json
 import os

@@ -130,9 +130,9 @@ def _as_dataclass(value, cls, section: str):
     if value is None:
         return cls()
     if isinstance(value, cls):
-        return dataclasses.replace(value)
+        value = dataclasses.asdict(value)
     if isinstance(value, dict):
-        return getattr(config_from_dict({section: value}), section)  # typed and validated
+        return getattr(config_from_dict({section: value}), section)  # a typed, validated copy
     raise TypeError(f"{section}: expected a {cls.__name__}, a dict of its fields or None, got {type(value).__name__}")
 
 

@@ -1,4 +1,4 @@
-"""The serving graph: a ``tf.Module`` around a Keras inference model.
+"""The serving graph: a ``tf.Module`` around a :class:`gscnn_tf.model.GatedSCNN`.
 
 Decoding (with the checks of :mod:`gscnn_tf.export.image_headers`), padding to the
 model's stride (the model normalises the RGB pixels itself), chunked or per-image runs and cropping back; see

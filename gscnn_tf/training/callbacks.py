@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 BACKUP_DIR = "backup"
 BACKUP_POINTER = "latest.json"
+# The name predates GatedSCNN (the weights were a trainer wrapper's). It stays, so that a
+# backup from an older version is found and refused with a message (its layout differs),
+# not skipped as missing, which would start the run again over its checkpoints.
 BACKUP_WEIGHTS = "trainer.weights.h5"
 METRICS_CSV = "training_log.csv"
 

@@ -43,6 +43,7 @@ from gscnn_tf.layers.normalization import resolve_sync
 from gscnn_tf.layers.shape_stream import ShapeStream, ZeroEdgeMap
 from gscnn_tf.losses import TERM_NAMES, GSCNNLoss
 from gscnn_tf.losses.segmentation import global_sum
+from gscnn_tf.metrics.confusion import StreamingMeanIoU
 
 INPUT_NAME = "images"
 
@@ -237,10 +238,6 @@ class GatedSCNN(keras.Model):
         self._term_trackers = {name: keras.metrics.Mean(name=f"loss_{name}") for name in TERM_NAMES}
         # Reported as "loss" in place of Keras' own tracker, which sees one replica's share.
         self._total_tracker = keras.metrics.Mean(name="loss")
-        # TensorFlow code (the confusion matrix is float64 under tf.distribute's on-read sum):
-        # imported here so that building and calling the model stays TensorFlow-free on JAX.
-        from gscnn_tf.metrics.confusion import StreamingMeanIoU
-
         self._miou = StreamingMeanIoU(num_classes=self.model_config.num_classes, name="miou")
         super().compile(optimizer=optimizer, **kwargs)
 

@@ -26,7 +26,7 @@ from typing import Optional
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from gscnn_tf import labels as _labels
 from gscnn_tf.labels import IGNORE_LABEL
@@ -163,8 +163,10 @@ class StreamingMeanIoU(keras.metrics.Metric):
     The confusion matrix is a non-trainable float64 variable (exact integer counts up to
     2**53) with ``aggregation="sum"`` and on-read synchronisation, so under a
     ``tf.distribute`` strategy each replica accumulates its own shard and ``result()``
-    sums them. ``result()`` = mean IoU over classes present in the ground truth or the
-    prediction (0 before any update).
+    sums them. Written in ``keras.ops``: on other backends the counts are float32, exact
+    up to 2**24 per cell, enough for the training logs. ``result()`` =
+    mean IoU over classes present in the ground truth or the prediction (0 before any
+    update).
     """
 
     def __init__(self, num_classes: int = 19, ignore_label: int = IGNORE_LABEL, name: str = "miou", dtype=None, **kwargs):
@@ -174,7 +176,9 @@ class StreamingMeanIoU(keras.metrics.Metric):
         self.total_confusion = self.add_variable(
             shape=(self.num_classes, self.num_classes),
             initializer="zeros",
-            dtype="float64",
+            # float64 (exact counts) where the backend has it by default: JAX without
+            # jax_enable_x64 would truncate it to float32 with a warning on every call.
+            dtype="float64" if keras.backend.backend() == "tensorflow" else "float32",
             aggregation="sum",
             name="total_confusion",
         )
@@ -185,30 +189,29 @@ class StreamingMeanIoU(keras.metrics.Metric):
         if isinstance(y_pred, dict):
             y_pred = y_pred["seg_logits"]
         k = self.num_classes
-        labels = tf.cast(tf.convert_to_tensor(y_true), tf.int32)
-        if labels.shape.rank == 4:
-            labels = tf.squeeze(labels, axis=-1)
-        pred = tf.argmax(tf.convert_to_tensor(y_pred), axis=-1, output_type=tf.int32)
-        labels = tf.reshape(labels, [-1])
-        pred = tf.reshape(pred, [-1])
-        valid = (labels >= 0) & (labels < k) & tf.not_equal(labels, self.ignore_label)
-        index = tf.where(valid, labels * k + pred, tf.fill(tf.shape(labels), k * k))
+        labels = ops.cast(y_true, "int32")
+        if len(labels.shape) == 4:
+            labels = ops.squeeze(labels, axis=-1)
+        pred = ops.cast(ops.argmax(y_pred, axis=-1), "int32")
+        labels = ops.reshape(labels, (-1,))
+        pred = ops.reshape(pred, (-1,))
+        valid = (labels >= 0) & (labels < k) & ops.not_equal(labels, self.ignore_label)
+        index = ops.where(valid, labels * k + pred, k * k)
         # int32 counts per batch are exact; segment k*k collects the ignored pixels.
-        counts = tf.math.unsorted_segment_sum(tf.ones_like(index), index, k * k + 1)[: k * k]
-        self.total_confusion.assign_add(tf.reshape(tf.cast(counts, tf.float64), (k, k)))
+        counts = ops.segment_sum(ops.ones_like(index), index, num_segments=k * k + 1)[: k * k]
+        self.total_confusion.assign_add(ops.reshape(ops.cast(counts, self.total_confusion.dtype), (k, k)))
 
     def result(self):
-        cm = tf.convert_to_tensor(self.total_confusion)
-        tp = tf.linalg.diag_part(cm)
-        denom = tf.reduce_sum(cm, axis=0) + tf.reduce_sum(cm, axis=1) - tp
+        cm = ops.convert_to_tensor(self.total_confusion)
+        tp = ops.diagonal(cm)
+        denom = ops.sum(cm, axis=0) + ops.sum(cm, axis=1) - tp
         present = denom > 0
-        iou = tf.where(present, tp / tf.where(present, denom, tf.ones_like(denom)), tf.zeros_like(denom))
-        n = tf.reduce_sum(tf.cast(present, tf.float64))
-        miou = tf.math.divide_no_nan(tf.reduce_sum(iou), n)
-        return tf.cast(miou, self.dtype)
+        iou = ops.where(present, tp / ops.where(present, denom, ops.ones_like(denom)), ops.zeros_like(denom))
+        n = ops.sum(ops.cast(present, cm.dtype))
+        return ops.cast(ops.divide_no_nan(ops.sum(iou), n), self.dtype)
 
     def reset_state(self):
-        self.total_confusion.assign(tf.zeros((self.num_classes, self.num_classes), tf.float64))
+        self.total_confusion.assign(ops.zeros((self.num_classes, self.num_classes), self.total_confusion.dtype))
 
     def confusion(self) -> np.ndarray:
         """The accumulated confusion matrix as int64 NumPy (summed over replicas)."""

@@ -279,12 +279,15 @@ class GatedSCNN(keras.Model):
         # Private Keras hook (tests/test_private_hooks.py fails by name if Keras stops
         # calling it). Keras 3.15 (TF backend, any strategy scope) pulls a batch off the
         # training iterator here and MEAN-reduces it across replicas just to build the
-        # compiled state. That (1) fails under MultiWorkerMirroredStrategy ("Attempt to
-        # convert a value (PerReplica...) to a Tensor") and (2) skips a training batch, so a
-        # 2-replica run would not see the data a 1-device run sees. A functional model is
-        # built at construction; with the optimizer built too there is nothing left to build.
+        # compiled state, which fails under MultiWorkerMirroredStrategy ("Attempt to convert
+        # a value (PerReplica...) to a Tensor"). A functional model is built at construction
+        # and compile() registers no Keras loss or metric objects, so the optimizer is all
+        # there is to build: built here, without touching the data.
         optimizer = getattr(self, "optimizer", None)
-        if self.built and optimizer is not None and optimizer.built:
+        if self.built and optimizer is not None:
+            if not optimizer.built:
+                with self.distribute_strategy.scope():
+                    optimizer.build(self.trainable_variables)
             return
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 

@@ -244,3 +244,43 @@ def test_keras_export_of_the_same_object_serves_rgb_pixels(model, tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-5)
     with pytest.raises(tf.errors.InvalidArgumentError, match="0..255"):
         serve(tf.constant(images, tf.float32) / 127.5 - 1.0)
+
+
+def test_fit_under_a_two_replica_strategy_builds_without_pulling_a_batch():
+    """Under a strategy Keras pulls a batch and MEAN-reduces it across replicas to build the
+    compiled state (which fails under MultiWorkerMirroredStrategy); GatedSCNN builds its
+    optimizer itself, so Keras' symbolic build never runs, and training starts with batch 0."""
+    from unittest import mock
+
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    from gscnn_tf.training.distribute import cpu_mirrored_strategy
+
+    strategy = cpu_mirrored_strategy(2)
+    images, targets = synthetic_batch(1, seed=2)
+    first = {"label": np.full_like(targets["label"], 1), "boundary": targets["boundary"]}
+    rest = {"label": np.full_like(targets["label"], 2), "boundary": targets["boundary"]}
+
+    # Global batch 0 is all class 1, every later one all class 2, distributed as train_keras.py
+    # does: each element is one replica's batch of one image; one iterator for the whole run.
+    def per_replica(context):
+        return tf.data.Dataset.from_tensors((images, first)).repeat(2).concatenate(
+            tf.data.Dataset.from_tensors((images, rest)).repeat())
+
+    ds = strategy.distribute_datasets_from_function(per_replica)
+    with strategy.scope():
+        model = GatedSCNN(TINY)
+        model.compile(seed=0)
+    builds = []
+    original = TensorFlowTrainer._symbolic_build
+
+    def spy(self, *args, **kwargs):
+        builds.append(1)
+        return original(self, *args, **kwargs)
+
+    with mock.patch.object(TensorFlowTrainer, "_symbolic_build", spy):
+        model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)
+    assert not builds, "Keras' symbolic build ran: GatedSCNN._maybe_symbolic_build no longer takes over"
+    assert model.optimizer.built and int(model.optimizer.iterations.numpy()) == 2
+    seen = model.metrics[-1].confusion().sum(axis=1)  # ground-truth pixels per class over the 2 steps
+    assert seen[1] == 2 * H * W and seen[2] == 2 * H * W, seen

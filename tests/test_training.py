@@ -177,3 +177,22 @@ def test_cli_reports_config_and_data_errors(synthetic_tfrecords, tmp_path):
     assert no_data.returncode == 2 and "nothing-*.tfrecord" in no_data.stderr and "Traceback" not in no_data.stderr
     no_backup = _run_cli(["--config", config, "--resume"])
     assert no_backup.returncode == 2 and "no backup" in no_backup.stderr
+
+
+def test_epoch_length_comes_from_the_manifests_without_reading_the_shards(synthetic_tfrecords, tmp_path, monkeypatch):
+    """One pass over the training set = records / batch; the converter's manifests give the count
+    (the shards were just checked against them), and it equals the records in the files."""
+    from gscnn_tf.training import run
+
+    cfg = tiny_experiment_config(synthetic_tfrecords, tmp_path / "run", steps_per_epoch="null")
+    counted = run.count_records(cfg.data.train_pattern)  # independent: reads the TFRecord framing
+    train_records, val_records = run._check_data(cfg)
+    assert (train_records, val_records) == (counted, run.count_records(cfg.data.val_pattern)) == (8, 2)
+
+    def no_reading(pattern):
+        raise AssertionError(f"{pattern} was read again just to count its records")
+
+    monkeypatch.setattr(run, "count_records", no_reading)
+    assert run._steps_per_epoch(cfg, train_records) == counted // cfg.train.batch_size
+    with pytest.raises(AssertionError, match="read again"):
+        run._steps_per_epoch(cfg, None)  # shards without manifests are still counted

@@ -58,12 +58,16 @@ def weights_fingerprint(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def _steps_per_epoch(cfg: ExperimentConfig) -> int:
+def _steps_per_epoch(cfg: ExperimentConfig, train_records: Optional[int] = None) -> int:
+    """``train.steps_per_epoch``, else one pass: ``train_records`` (the manifests' count, when
+    every shard has one) or the records counted in the shards, over the batch size."""
     if cfg.train.steps_per_epoch:
         return int(cfg.train.steps_per_epoch)
     if cfg.data.source != "tfrecord":
         raise TrainingError("train.steps_per_epoch must be set when data.source is not 'tfrecord'")
-    return max(1, count_records(cfg.data.train_pattern) // cfg.train.batch_size)
+    if train_records is None:
+        train_records = count_records(cfg.data.train_pattern)
+    return max(1, train_records // cfg.train.batch_size)
 
 
 def _build_datasets(cfg: ExperimentConfig, strategy, seed, val_records=None):
@@ -186,16 +190,20 @@ def _remove_stale_temporaries(model_dir: str) -> None:
         log.info("removed %d temporary file(s) left by a killed run in %s", len(removed), model_dir)
 
 
-def _check_data(cfg: ExperimentConfig) -> Optional[int]:
-    """Checks the shards against their manifests before anything is written; -> val records or None."""
+def _check_data(cfg: ExperimentConfig) -> tuple:
+    """Checks the shards against their manifests before anything is written.
+
+    Returns ``(train records, val records)`` as the manifests count them (each None where a
+    shard has no manifest, or there are no shards to check), so that nothing reads the
+    shards again just to count them.
+    """
     from gscnn_tf.data import shard_checks
 
     if cfg.data.source != "tfrecord":
-        return None
-    shard_checks.check_shards(cfg.data.train_pattern, "data.train_pattern")
-    if cfg.data.val_pattern:
-        return shard_checks.check_shards(cfg.data.val_pattern, "data.val_pattern")
-    return None
+        return None, None
+    train_records = shard_checks.check_shards(cfg.data.train_pattern, "data.train_pattern")
+    val_records = shard_checks.check_shards(cfg.data.val_pattern, "data.val_pattern") if cfg.data.val_pattern else None
+    return train_records, val_records
 
 
 @contextlib.contextmanager
@@ -246,8 +254,8 @@ def train(cfg: ExperimentConfig, fresh: bool = False, require_resume: bool = Fal
     backup = None if fresh else cb.read_backup(backup_dir)
     if require_resume and backup is None:
         raise TrainingError(f"--resume: no backup in {backup_dir}")
-    val_records = _check_data(cfg)
-    steps_per_epoch = _steps_per_epoch(cfg)
+    train_records, val_records = _check_data(cfg)
+    steps_per_epoch = _steps_per_epoch(cfg, train_records)
     total_steps = steps_per_epoch * tcfg.epochs
     train_ds, val_ds = _build_datasets(cfg, strategy, tcfg.seed, val_records)
 

@@ -307,20 +307,19 @@ def load_config(path: Optional[str] = None, overrides: Optional[list] = None) ->
     A YAML file may name another with ``base: other.yaml`` (relative to itself); the
     file's own keys win over the base's.
     """
-    data: dict = {}
-    if path:
-        data = _load_yaml_with_base(path, seen=())
+    def checked(data: dict, source: Optional[str]) -> ExperimentConfig:
+        # Each step is checked as it is applied, so an error names the file or override at fault.
         try:
-            config_from_dict(data)
+            return config_from_dict(data)
         except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+            raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
+
+    data = _load_yaml_with_base(path, seen=()) if path else {}
+    cfg = checked(data, path)
     for text in overrides or []:
         data = _merge(data, parse_override(text))
-        try:
-            config_from_dict(data)
-        except ConfigError as exc:
-            raise ConfigError(f"override {text!r}: {exc}") from None
-    return config_from_dict(data)
+        cfg = checked(data, f"override {text!r}")
+    return cfg
 
 
 def _load_yaml_with_base(path: str, seen: tuple) -> dict:

@@ -176,6 +176,15 @@ def random_scale_and_crop(image, label, min_scale: float, max_scale: float, crop
     return scale_and_crop(image, label, (out_h, out_w), (y0, x0, h, w))
 
 
+def pad_rgb(image, paddings, color: Sequence[float]) -> tf.Tensor:
+    """Pads the two spatial axes of an (..., H, W, 3) image (``paddings`` = [[top, bottom],
+    [left, right]]) with an RGB ``color``. One pad per channel keeps the unpadded pixels
+    bit-exact (no subtract/add round-off)."""
+    lead = [[0, 0]] * (image.shape.rank - 3)
+    return tf.stack([tf.pad(image[..., c], lead + list(paddings), constant_values=float(color[c])) for c in range(3)],
+                    axis=-1)
+
+
 def pad_to_size(
     image, label, crop_size: Sequence[int], pad_color: Sequence[float], ignore_label: int, rng: RandomSource
 ) -> tuple:
@@ -189,11 +198,7 @@ def pad_to_size(
     top = rng.uniform_int(_TAG_CROP_Y, tf.maximum(extra_h, 0) + 1)
     left = rng.uniform_int(_TAG_CROP_X, tf.maximum(extra_w, 0) + 1)
     paddings = [[top, tf.maximum(extra_h, 0) - top], [left, tf.maximum(extra_w, 0) - left]]
-    # One pad per channel keeps the unpadded pixels bit-exact (no subtract/add round-off).
-    image = tf.stack(
-        [tf.pad(image[..., c], paddings, constant_values=float(pad_color[c])) for c in range(3)],
-        axis=-1,
-    )
+    image = pad_rgb(image, paddings, pad_color)
     label = tf.pad(label, paddings, constant_values=tf.cast(ignore_label, label.dtype))
     image = tf.ensure_shape(image, [crop_h, crop_w, 3])
     label = tf.ensure_shape(label, [crop_h, crop_w])
@@ -349,6 +354,7 @@ __all__ = [
     "augment_from_config",
     "gaussian_blur",
     "gaussian_kernel_1d",
+    "pad_rgb",
     "pad_to_size",
     "random_blur",
     "random_color_jitter",

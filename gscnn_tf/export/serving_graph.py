@@ -11,6 +11,7 @@ from typing import Optional
 import tensorflow as tf
 
 from gscnn_tf.config import ExperimentConfig
+from gscnn_tf.data.augment import pad_rgb
 from gscnn_tf.export.image_headers import check_complete, check_recognised, declared_size
 from gscnn_tf.export.signatures import (
     BYTES_INPUT,
@@ -104,8 +105,7 @@ class GSCNNServingModule(tf.Module):
             # Replicate the border rows/columns: gather with clamped indices works for any amount.
             x = tf.gather(x, tf.minimum(tf.range(hp), h - 1), axis=1)
             return tf.gather(x, tf.minimum(tf.range(wp), w - 1), axis=2)
-        paddings = [[0, 0], [0, hp - h], [0, wp - w], [0, 0]]
-        return tf.concat([tf.pad(x[..., c:c + 1], paddings, constant_values=self.pad_color[c]) for c in range(3)], -1)
+        return pad_rgb(x, [[0, hp - h], [0, wp - w]], self.pad_color)
 
     def _forward(self, x):
         out = self.model(x, training=False)

@@ -151,6 +151,11 @@ def _source(data_config, split: str, training: bool, seed, input_context, determ
 # ----------------------------------------------------------------------------- datasets
 
 
+def _stage_seed(seed: Optional[int], deterministic: bool) -> Optional[int]:
+    """The seed a training stage uses: ``seed``, or the default one in deterministic mode."""
+    return _DEFAULT_SEED if seed is None and deterministic else seed
+
+
 def shuffled_train_records(data_config, seed: Optional[int] = None,
                            input_context: Optional[tf.distribute.InputContext] = None, repeat: bool = False) -> tuple:
     """The first stage of :func:`build_train_dataset`: this pipeline's training records, shuffled.
@@ -160,8 +165,7 @@ def shuffled_train_records(data_config, seed: Optional[int] = None,
     benchmark times these stages one by one. ``seed`` as in :func:`build_train_dataset`.
     """
     deterministic = bool(data_config.deterministic)
-    if seed is None and deterministic:
-        seed = _DEFAULT_SEED
+    seed = _stage_seed(seed, deterministic)
     ds, parse_fn, decode_fn = _source(data_config, "train", True, seed, input_context, deterministic)
     if repeat:
         ds = ds.repeat()
@@ -176,8 +180,7 @@ def augmented_examples(records: tf.data.Dataset, decode_fn, data_config, seed: O
                        pipeline_id: int = 0) -> tf.data.Dataset:
     """The second stage: decode and augment each record -> ``(image float32 0..255, label int32)``."""
     deterministic = bool(data_config.deterministic)
-    if seed is None and deterministic:
-        seed = _DEFAULT_SEED
+    seed = _stage_seed(seed, deterministic)
     crop_size = [int(v) for v in data_config.crop_size]
     if len(crop_size) != 2 or min(crop_size) < 1:
         raise ValueError(f"data.crop_size must be [height, width], got {data_config.crop_size!r}")

@@ -26,11 +26,10 @@ from gscnn_tf.layers.canny import CannyEdges  # noqa: E402
 def _images(batch):
     import skimage.data
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-    from test_canny import street_scene
+    from gscnn_tf.data.scene import render_scene
 
     pool = [
-        street_scene(512, 1024, seed=0),
+        render_scene(512, 1024, np.random.default_rng(0)).image,
         cv2.resize(skimage.data.astronaut(), (1024, 512), interpolation=cv2.INTER_LINEAR),
         cv2.resize(skimage.data.coffee(), (1024, 512), interpolation=cv2.INTER_LINEAR),
     ]

@@ -37,8 +37,8 @@ import tensorflow as tf  # noqa: E402
 
 from gscnn_tf.config import DataConfig  # noqa: E402
 from gscnn_tf.data import pipeline  # noqa: E402
+from gscnn_tf.data.labels import label_ids_to_train_ids  # noqa: E402
 from gscnn_tf.data.tfexample import make_example  # noqa: E402
-from gscnn_tf.labels import label_ids_to_train_ids  # noqa: E402
 
 
 def _png(array: np.ndarray) -> bytes:

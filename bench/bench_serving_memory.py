@@ -25,7 +25,7 @@ REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 CHILD = r"""
 import json, os, resource, sys, time
 sys.path.insert(0, sys.argv[1])
-from gscnn_tf.cli.common import import_tensorflow_quietly
+from gscnn_tf.utils.quiet_tensorflow import import_tensorflow_quietly
 tf = import_tensorflow_quietly()
 from gscnn_tf.config import load_config
 from gscnn_tf.export import saved_model as sm
@@ -54,7 +54,7 @@ BOMBS = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 import numpy as np
-from gscnn_tf.cli.common import import_tensorflow_quietly
+from gscnn_tf.utils.quiet_tensorflow import import_tensorflow_quietly
 tf = import_tensorflow_quietly()
 from gscnn_tf.config import load_config
 from gscnn_tf.export import saved_model as sm

@@ -1,17 +1,20 @@
 """gscnn_tf: Gated-SCNN semantic segmentation for TensorFlow 2 / Keras 3.
 
 The model is :class:`gscnn_tf.model.GatedSCNN` (also ``gscnn_tf.GatedSCNN``): it takes RGB
-images in 0..255 and carries its preprocessing, loss and metrics. Imported lazily, so the
-command-line tools can answer ``--help`` without loading TensorFlow.
+images in 0..255 and carries its preprocessing, loss and metrics.
+
+Importing the package registers every Gated-SCNN layer, loss and metric with Keras, so
+``import gscnn_tf`` is all ``keras.saving.load_model("model.keras")`` needs. On the TensorFlow
+backend, TensorFlow is imported first with its start-up noise filtered
+(:mod:`gscnn_tf.utils.quiet_tensorflow`).
 """
+from gscnn_tf.utils.quiet_tensorflow import import_tensorflow_quietly as _import_tensorflow_quietly
+from gscnn_tf.utils.quiet_tensorflow import keras_backend_name as _keras_backend_name
 
+if _keras_backend_name() == "tensorflow":
+    _import_tensorflow_quietly()
 
-def __getattr__(name):
-    if name == "GatedSCNN":
-        from gscnn_tf.model import GatedSCNN
-
-        return GatedSCNN
-    raise AttributeError(f"module 'gscnn_tf' has no attribute {name!r}")
-
+from gscnn_tf import layers, losses, metrics  # noqa: E402,F401  (registers the Keras objects)
+from gscnn_tf.model import GatedSCNN  # noqa: E402
 
 __all__ = ["GatedSCNN"]

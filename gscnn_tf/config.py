@@ -23,7 +23,7 @@ from typing import Any, List, Literal, Optional, Union
 
 import yaml
 
-from gscnn_tf.labels import IGNORE_LABEL
+from gscnn_tf.data.labels import IGNORE_LABEL
 from gscnn_tf.utils.atomic import atomic_write_text
 
 

@@ -69,7 +69,7 @@ def _calibrate_batchnorm(model, image, seed=0):
 def make(directory: str) -> None:
     import keras
 
-    from gscnn_tf import labels as cs_labels
+    from gscnn_tf.data import labels as cs_labels
     from gscnn_tf.data.scene import render_scene
     from gscnn_tf.losses import boundary_map
 

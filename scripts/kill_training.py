@@ -32,7 +32,7 @@ def _start(args):
 
 def check(run: str) -> dict:
     """The run directory's consistency after the final run (raises AssertionError)."""
-    from gscnn_tf.checkpoints import all_weights_finite, load_inference_model
+    from gscnn_tf.training.checkpoints import all_weights_finite, load_inference_model
 
     with open(os.path.join(run, "train_summary.json")) as f:
         summary = json.load(f)

@@ -5,11 +5,11 @@ Not run in CI: it needs PyTorch (CPU is enough) and a local copy of the official
 (https://github.com/nv-tlabs/GSCNN; only its
 ``*.py`` files are used, the code is CC BY-NC-SA 4.0 and is never copied into this project).
 CI's ``tests/test_official_checkpoint.py`` regenerates the same weights with NumPy, converts
-them with ``gscnn_tf.convert.official_pytorch`` and compares the Keras model's outputs with
+them with ``gscnn_tf.checkpoint_import.official_pytorch`` and compares the Keras model's outputs with
 the ones recorded here. Usage (a venv with torch, numpy, opencv-python-headless, six, pyyaml)::
 
     python scripts/make_official_golden.py --official-code /path/to/GSCNN \\
-        [--out tests/data/official_golden.npz] [--seed 0] [--sizes 64x128 75x131]
+        [--out tests/golden/official_golden.npz] [--seed 0] [--sizes 64x128 75x131]
 
 What it does:
 
@@ -44,7 +44,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _load_layout():
-    """gscnn_tf.convert.official_layout by file path (its package needs no TensorFlow)."""
+    """gscnn_tf.checkpoint_import.official_layout by file path (its package needs no TensorFlow)."""
     path = os.path.join(REPO, "gscnn_tf", "convert", "official_layout.py")
     spec = importlib.util.spec_from_file_location("official_layout", path)
     module = importlib.util.module_from_spec(spec)
@@ -93,8 +93,8 @@ def _import_official(code_dir):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--official-code", required=True, help="directory of the official GSCNN code (holds network/)")
-    parser.add_argument("--out", default=os.path.join(REPO, "tests", "data", "official_golden.npz"),
-                        help="golden file to write (default tests/data/official_golden.npz)")
+    parser.add_argument("--out", default=os.path.join(REPO, "tests", "golden", "official_golden.npz"),
+                        help="golden file to write (default tests/golden/official_golden.npz)")
     parser.add_argument("--seed", type=int, default=0, help="RandomState seed of the weights (images use seed+1+i)")
     parser.add_argument("--num-classes", type=int, default=19, help="classes of the network (default 19)")
     parser.add_argument("--sizes", nargs="+", default=["64x128", "75x131"], help="input sizes HxW")

@@ -93,8 +93,8 @@ def test_gated_scnn_fits_on_jax_and_evaluates_as_on_tensorflow(tmp_path):
 
     import keras
 
+    from gscnn_tf.data.labels import label_ids_to_train_ids
     from gscnn_tf.data.scene import render_scene
-    from gscnn_tf.labels import label_ids_to_train_ids
     from gscnn_tf.losses import boundary_map
     from gscnn_tf.metrics.confusion import confusion_matrix, mean_iou
     from gscnn_tf.model import GatedSCNN

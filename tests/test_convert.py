@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gscnn_tf import labels
-from gscnn_tf.data import convert, label_maps, shards
+from gscnn_tf.data import convert, label_maps, labels, shards
 from gscnn_tf.data.cityscapes import ConversionError, discover_cityscapes
 from gscnn_tf.data.synthetic import generate_synthetic_cityscapes
 from gscnn_tf.data.tfexample import decode_example, parse_example

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gscnn_tf import labels as label_tables
 from gscnn_tf.config import load_config
+from gscnn_tf.data import labels as label_tables
 from gscnn_tf.export import saved_model as sm
 from gscnn_tf.export import serving_graph, signatures, versions, warmup
 
@@ -474,9 +474,9 @@ def test_real_gscnn_mobilenet_export(tmp_path):
     odd = serve(image_bytes=tf.constant([warmup.encode(warmup.synthetic_image(37, 50, seed=6))]))
     assert odd["classes"].shape == (1, 37, 50) and odd["edge"].shape == (1, 37, 50)
     # the same weights as a training run directory, through the prediction CLI's checkpoint path
-    from gscnn_tf.checkpoints import BEST_WEIGHTS
     from gscnn_tf.cli import predict as predict_cli
     from gscnn_tf.config import save_config
+    from gscnn_tf.training.checkpoints import BEST_WEIGHTS
 
     run = tmp_path / "run"
     os.makedirs(run / os.path.dirname(BEST_WEIGHTS))

@@ -49,7 +49,7 @@ def _pointer(run):
 
 
 def _load_finite(path, cfg=None):
-    from gscnn_tf.checkpoints import all_weights_finite, load_inference_model
+    from gscnn_tf.training.checkpoints import all_weights_finite, load_inference_model
 
     model, _ = load_inference_model(str(path), cfg)
     return model, all_weights_finite(model)
@@ -124,7 +124,7 @@ def test_diverged_run_stops_with_an_error_and_keeps_every_good_file(synthetic_tf
 def test_weights_check_finds_a_nan_by_name():
     import keras
 
-    from gscnn_tf.checkpoints import all_weights_finite, non_finite_weights
+    from gscnn_tf.training.checkpoints import all_weights_finite, non_finite_weights
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="head")])
     assert all_weights_finite(model) and non_finite_weights(model) == []

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from gscnn_tf import labels
+from gscnn_tf.data import labels
 from gscnn_tf.metrics import boundary_f, confusion, distance
 from gscnn_tf.training.distribute import cpu_mirrored_strategy
 

@@ -1,6 +1,6 @@
 """The official-checkpoint import: equivalence with the official PyTorch network (golden file).
 
-``tests/data/official_golden.npz`` holds the official network's outputs on the weights
+``tests/golden/official_golden.npz`` holds the official network's outputs on the weights
 ``random_official_state_dict(seed)`` (made by ``scripts/make_official_golden.py`` with PyTorch
 and the official code; see there). Here the same weights are regenerated with NumPy,
 converted by the real converter and run through ``GatedSCNN`` (wrn38, official_compat).
@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "data", "official_golden.npz")
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "official_golden.npz")
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +64,8 @@ def test_golden_file_is_small_and_covers_an_odd_size(golden):
 @pytest.mark.slow
 def test_converted_random_weights_match_the_official_network(golden):
     """Converter core + model: seg and edge within 1e-4 of the reference's max, Canny identical."""
-    from gscnn_tf.convert.official_layout import random_official_state_dict
-    from gscnn_tf.convert.official_pytorch import load_official_state_dict
+    from gscnn_tf.checkpoint_import.official_layout import random_official_state_dict
+    from gscnn_tf.checkpoint_import.official_pytorch import load_official_state_dict
     from gscnn_tf.model import GatedSCNN
 
     cfg = _official_config()
@@ -93,7 +93,7 @@ def official_model():
 
 def _zeros_state_dict():
     """The official layout filled with zeros (np.zeros pages are only touched when written)."""
-    from gscnn_tf.convert.official_layout import official_state_dict_shapes
+    from gscnn_tf.checkpoint_import.official_layout import official_state_dict_shapes
 
     return {f"module.{k}": np.zeros(s, np.int64 if k.endswith("num_batches_tracked") else np.float32)
             for k, s in official_state_dict_shapes().items()}
@@ -101,8 +101,8 @@ def _zeros_state_dict():
 
 def test_layout_matches_the_model_exactly(official_model):
     """Every weight of the official model gets exactly one official tensor, of the right shape."""
-    from gscnn_tf.convert.official_layout import is_unused_key, official_state_dict_shapes
-    from gscnn_tf.convert.official_pytorch import _expected_source_shape, conversion_plan
+    from gscnn_tf.checkpoint_import.official_layout import is_unused_key, official_state_dict_shapes
+    from gscnn_tf.checkpoint_import.official_pytorch import _expected_source_shape, conversion_plan
 
     plan = conversion_plan(official_model)
     shapes = official_state_dict_shapes()
@@ -120,7 +120,7 @@ def test_layout_matches_the_model_exactly(official_model):
 
 def test_conversion_transforms(official_model):
     """Kernels OIHW -> HWIO, BN tensors to gamma/beta/moving stats, cw's Canny column x255."""
-    from gscnn_tf.convert.official_pytorch import load_official_state_dict
+    from gscnn_tf.checkpoint_import.official_pytorch import load_official_state_dict
 
     state = _zeros_state_dict()
     rng = np.random.RandomState(3)
@@ -159,7 +159,7 @@ def test_conversion_transforms(official_model):
     ids=["missing", "unexpected", "wrong-shape", "wrong-classes", "wrong-dtype"],
 )
 def test_conversion_is_strict_and_names_the_key(official_model, change, message):
-    from gscnn_tf.convert.official_pytorch import OfficialCheckpointError, load_official_state_dict
+    from gscnn_tf.checkpoint_import.official_pytorch import OfficialCheckpointError, load_official_state_dict
 
     classifier = official_model.get_layer("decoder").classifier.kernel
     before = classifier.numpy().copy()
@@ -172,7 +172,7 @@ def test_conversion_is_strict_and_names_the_key(official_model, change, message)
 
 
 def test_unused_keys_are_dropped_and_prefix_optional(official_model):
-    from gscnn_tf.convert.official_pytorch import load_official_state_dict
+    from gscnn_tf.checkpoint_import.official_pytorch import load_official_state_dict
 
     state = {k[len("module."):]: v for k, v in _zeros_state_dict().items()}  # bare keys, no DataParallel
     state["criterion.seg_loss.nll_loss.weight"] = np.ones(19, np.float32)
@@ -182,8 +182,8 @@ def test_unused_keys_are_dropped_and_prefix_optional(official_model):
 
 
 def test_model_without_compat_is_refused():
+    from gscnn_tf.checkpoint_import.official_pytorch import OfficialCheckpointError, conversion_plan
     from gscnn_tf.config import ModelConfig
-    from gscnn_tf.convert.official_pytorch import OfficialCheckpointError, conversion_plan
     from gscnn_tf.model import GatedSCNN
 
     with pytest.raises(OfficialCheckpointError, match="official_compat"):
@@ -220,10 +220,10 @@ def test_cli_run_directory_evaluates_and_exports_like_the_official_network(tmp_p
     import keras
     import tensorflow as tf
 
-    from gscnn_tf.checkpoints import BEST_WEIGHTS, load_inference_model
+    from gscnn_tf.checkpoint_import.official_layout import random_official_state_dict
     from gscnn_tf.cli import import_official as cli
-    from gscnn_tf.convert.official_layout import random_official_state_dict
     from gscnn_tf.export import saved_model as sm
+    from gscnn_tf.training.checkpoints import BEST_WEIGHTS, load_inference_model
 
     source = tmp_path / "official.npz"
     np.savez(source, **{f"module.{k}": v for k, v in random_official_state_dict(golden["meta"]["seed"]).items()})

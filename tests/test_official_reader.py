@@ -1,6 +1,6 @@
 """Reading the official checkpoint container (``read_official_checkpoint``) on tiny files.
 
-Needs no TensorFlow (``gscnn_tf.convert.official_pytorch`` imports Keras lazily), so it also
+Needs no TensorFlow (``gscnn_tf.checkpoint_import.official_pytorch`` imports Keras lazily), so it also
 runs in a PyTorch-only venv: ``python -m pytest --noconftest tests/test_official_reader.py``.
 Tests that write ``.pth`` files skip when PyTorch is not installed (the ``convert`` extra).
 """
@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from gscnn_tf.convert.official_pytorch import OfficialCheckpointError, read_official_checkpoint
+from gscnn_tf.checkpoint_import.official_pytorch import OfficialCheckpointError, read_official_checkpoint
 
 
 def _snapshot(torch):

@@ -8,8 +8,8 @@ import tensorflow as tf
 
 from gscnn_tf.config import DataConfig
 from gscnn_tf.data import pipeline, shard_checks, tfds_source
+from gscnn_tf.data.labels import label_ids_to_train_ids
 from gscnn_tf.data.tfexample import make_example
-from gscnn_tf.labels import label_ids_to_train_ids
 from gscnn_tf.losses.boundaries import boundary_map
 from gscnn_tf.training.distribute import cpu_mirrored_strategy
 

@@ -13,11 +13,11 @@ import pytest
 import tensorflow as tf
 from test_export import build_standin_model, standin_config  # noqa: E402  (tests/ is on sys.path)
 
-from gscnn_tf import labels as label_tables
-from gscnn_tf import visualize
 from gscnn_tf.config import save_config
+from gscnn_tf.data import labels as label_tables
 from gscnn_tf.export import saved_model as sm
 from gscnn_tf.export import warmup
+from gscnn_tf.prediction import visualize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIENT = os.path.join(REPO, "scripts", "serving_client.py")

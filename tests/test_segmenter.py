@@ -16,8 +16,8 @@ import tensorflow as tf
 
 from gscnn_tf.backbones import normalization_for
 from gscnn_tf.config import LossConfig, ModelConfig
+from gscnn_tf.data.labels import label_ids_to_train_ids
 from gscnn_tf.data.scene import render_scene
-from gscnn_tf.labels import label_ids_to_train_ids
 from gscnn_tf.layers.image_preprocessing import RANGE_ERROR
 from gscnn_tf.losses import TERM_NAMES, GSCNNLoss, boundary_map
 from gscnn_tf.model import GatedSCNN
@@ -210,9 +210,9 @@ def test_model_keras_from_before_gated_scnn_is_rebuilt_from_the_run_config(tmp_p
     gives a GatedSCNN with its weights, which on RGB pixels predicts what it did on normalised ones."""
     from unittest import mock
 
-    from gscnn_tf.checkpoints import CheckpointError, load_inference_model
     from gscnn_tf.config import ExperimentConfig, save_config
     from gscnn_tf.model import _network_outputs
+    from gscnn_tf.training.checkpoints import CheckpointError, load_inference_model
 
     cfg = ExperimentConfig(model=ModelConfig(**dict(TINY, canny=False)))
     keras.utils.set_random_seed(4)

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from gscnn_tf import labels
+from gscnn_tf.data import labels
 from gscnn_tf.data.synthetic import generate_synthetic_cityscapes
 from tfrecords_tools import make_synthetic
 

@@ -32,7 +32,7 @@ def _run_cli(args, env_extra=None, timeout=600):
 
 
 def test_single_device_run_writes_a_complete_run_directory(synthetic_tfrecords, tmp_path):
-    from gscnn_tf.checkpoints import load_inference_model
+    from gscnn_tf.training.checkpoints import load_inference_model
     from gscnn_tf.training.run import train
 
     cfg = tiny_experiment_config(synthetic_tfrecords, tmp_path / "run", epochs=2, validation_steps=1)

@@ -37,7 +37,7 @@ taps can be negative), and the stride-2 3x3 conv pads one zero on every side bef
 
 Inputs are RGB normalised with ImageNet mean/std (``normalization_for("wrn38")``). There are
 no ImageNet weights here: the network is meant to be loaded from the official Cityscapes
-checkpoint (``gscnn_tf.convert.official_pytorch``) or trained from scratch.
+checkpoint (``gscnn_tf.checkpoint_import.official_pytorch``) or trained from scratch.
 """
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ import logging
 import os
 import sys
 
-from gscnn_tf.cli.common import add_common_flags, configure_logging, fail, import_tensorflow_quietly, progress_enabled
+from gscnn_tf.cli.common import add_common_flags, configure_logging, fail, progress_enabled
+from gscnn_tf.utils.quiet_tensorflow import import_tensorflow_quietly
 
 logger = logging.getLogger("gscnn_tf.evaluate")
 
@@ -90,8 +91,8 @@ def main(argv=None) -> int:
         return fail(f"{args.config}: config file not found")
 
     import_tensorflow_quietly(verbose=args.log_level == "DEBUG" and not args.quiet)
-    from gscnn_tf.checkpoints import CheckpointError, find_run_config, load_inference_model, resolve_checkpoint
     from gscnn_tf.config import ConfigError, load_config
+    from gscnn_tf.training.checkpoints import CheckpointError, find_run_config, load_inference_model, resolve_checkpoint
 
     try:
         resolve_checkpoint(args.checkpoint)
@@ -117,8 +118,8 @@ def main(argv=None) -> int:
     out_dir = args.out or _default_out(args.checkpoint, args.split)
 
     from gscnn_tf.data.pipeline import build_eval_dataset
-    from gscnn_tf.eval_report import markdown_report, write_report
-    from gscnn_tf.evaluation import evaluate
+    from gscnn_tf.evaluation.evaluate import evaluate
+    from gscnn_tf.evaluation.report import markdown_report, write_report
 
     try:
         dataset = build_eval_dataset(cfg.data, with_filenames=True, split=args.split)

@@ -83,9 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args)
-    from gscnn_tf.checkpoints import CheckpointError, load_inference_model
     from gscnn_tf.config import ConfigError, load_config
     from gscnn_tf.export.saved_model import ExportError, export_saved_model
+    from gscnn_tf.training.checkpoints import CheckpointError, load_inference_model
 
     try:
         for flag in ("max_pixels", "max_request_pixels", "chunk_pixels"):

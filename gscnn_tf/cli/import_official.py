@@ -72,9 +72,9 @@ def main(argv=None) -> int:
     if os.path.exists(args.out) and not args.overwrite:
         return fail(f"{args.out}: already exists; choose another --out or pass --overwrite")
 
-    from gscnn_tf.checkpoints import BEST_WEIGHTS, CONFIG_NAME
+    from gscnn_tf.checkpoint_import.official_pytorch import OfficialCheckpointError, convert_official_checkpoint
     from gscnn_tf.config import ConfigError, load_config, save_config
-    from gscnn_tf.convert.official_pytorch import OfficialCheckpointError, convert_official_checkpoint
+    from gscnn_tf.training.checkpoints import BEST_WEIGHTS, CONFIG_NAME
     from gscnn_tf.utils.atomic import atomic_directory
 
     try:

@@ -17,7 +17,7 @@ import sys
 
 from gscnn_tf.cli.common import add_common_flags, configure_logging
 
-logger = logging.getLogger("gscnn_tf.predict")
+logger = logging.getLogger("gscnn_tf.prediction.files")
 
 
 def _alpha(text: str) -> float:
@@ -65,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args)
-    from gscnn_tf.checkpoints import CheckpointError
     from gscnn_tf.config import ConfigError
-    from gscnn_tf.predict import ImageReadError, find_images, load_predictor, predict_files
+    from gscnn_tf.prediction.files import ImageReadError, find_images, load_predictor, predict_files
+    from gscnn_tf.training.checkpoints import CheckpointError
 
     try:
         items = find_images(args.input, recursive=args.recursive)

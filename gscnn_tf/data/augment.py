@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-from gscnn_tf.labels import IGNORE_LABEL
+from gscnn_tf.data.labels import IGNORE_LABEL
 
 # Fixed tags folded into the element seed: one per random draw, so adding a draw later
 # does not change the others.

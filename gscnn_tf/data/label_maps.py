@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from gscnn_tf import labels as _labels
+from gscnn_tf.data import labels as _labels
 from gscnn_tf.data.cityscapes import ConversionError
 
 

@@ -39,9 +39,9 @@ from typing import Optional
 import tensorflow as tf
 
 from gscnn_tf.data import augment as aug
+from gscnn_tf.data.labels import IGNORE_LABEL
 from gscnn_tf.data.shard_checks import RECORD_ERROR, list_shards
 from gscnn_tf.data.tfexample import IMAGE_ENCODED, IMAGE_FILENAME, LABEL_ENCODED, decode_example, parse_example
-from gscnn_tf.labels import IGNORE_LABEL
 from gscnn_tf.losses.boundaries import boundary_map
 from gscnn_tf.utils.image_formats import JPEG_SOI, PNG_SIGNATURE
 

@@ -181,7 +181,7 @@ def _worker_init(parent_pid: int) -> None:
                 os._exit(1)
 
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
-    from gscnn_tf.cli.common import import_tensorflow_quietly
+    from gscnn_tf.utils.quiet_tensorflow import import_tensorflow_quietly
 
     import_tensorflow_quietly()
 

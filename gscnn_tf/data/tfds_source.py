@@ -4,7 +4,7 @@ TFDS cannot download Cityscapes: ``leftImg8bit_trainvaltest.zip`` and
 ``gtFine_trainvaltest.zip`` must be in ``data.tfds_manual_dir`` the first time (TFDS
 then writes its own records under ``data.tfds_data_dir``). Its ``segmentation_label``
 holds Cityscapes *label ids*; this module maps them to train ids (255 = ignore) with
-:func:`gscnn_tf.labels.label_id_to_train_id_lut`, so the stream it yields is the same
+:func:`gscnn_tf.data.labels.label_id_to_train_id_lut`, so the stream it yields is the same
 ``(image uint8 (H, W, 3), label uint8 (H, W) train ids, filename string)`` as the
 TFRecord source and the augmentation in :mod:`gscnn_tf.data.pipeline` is shared.
 
@@ -19,7 +19,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from gscnn_tf.labels import label_id_to_train_id_lut
+from gscnn_tf.data.labels import label_id_to_train_id_lut
 
 logger = logging.getLogger(__name__)
 

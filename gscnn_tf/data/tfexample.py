@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from gscnn_tf.labels import IGNORE_LABEL
+from gscnn_tf.data.labels import IGNORE_LABEL
 
 IMAGE_ENCODED = "image/encoded"
 IMAGE_FILENAME = "image/filename"

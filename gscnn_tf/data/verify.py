@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from gscnn_tf import labels as _labels
+from gscnn_tf.data import labels as _labels
 from gscnn_tf.data.shards import load_json, manifest_path, sha256_file
 
 log = logging.getLogger(__name__)

@@ -57,9 +57,8 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from gscnn_tf import labels as label_tables
-from gscnn_tf.checkpoints import non_finite_weights
 from gscnn_tf.config import ExperimentConfig, config_to_dict, save_config
+from gscnn_tf.data import labels as label_tables
 from gscnn_tf.export import warmup as warmup_lib
 from gscnn_tf.export.serving_graph import GSCNNServingModule, build_serving_module
 from gscnn_tf.export.signatures import (
@@ -70,6 +69,7 @@ from gscnn_tf.export.signatures import (
     LABELS_ASSET,
 )
 from gscnn_tf.export.versions import export_lock, next_version, remove_stale_export_temps
+from gscnn_tf.training.checkpoints import non_finite_weights
 from gscnn_tf.utils.atomic import atomic_directory
 from gscnn_tf.utils.serving_limits import DEFAULT_CHUNK_PIXELS, DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_PIXELS
 

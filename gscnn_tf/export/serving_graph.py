@@ -39,7 +39,7 @@ class _Holder:
 class GSCNNServingModule(tf.Module):
     """The serving graph around a :class:`gscnn_tf.model.GatedSCNN` (RGB 0..255 -> {seg_logits, edge}).
 
-    Used for the export and, in memory, by :mod:`gscnn_tf.predict` for checkpoints, so a
+    Used for the export and, in memory, by :mod:`gscnn_tf.prediction.files` for checkpoints, so a
     checkpoint and its SavedModel go through the same preprocessing code.
     """
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from gscnn_tf.labels import IGNORE_LABEL
+from gscnn_tf.data.labels import IGNORE_LABEL
 from gscnn_tf.losses.segmentation import DictLoss, global_sum, labels_of, pixel_cross_entropy
 
 

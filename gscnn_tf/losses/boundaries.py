@@ -22,7 +22,7 @@ import math
 
 import tensorflow as tf
 
-from gscnn_tf.labels import IGNORE_LABEL
+from gscnn_tf.data.labels import IGNORE_LABEL
 
 
 def _disc_offsets(radius: float) -> list:

@@ -41,7 +41,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from gscnn_tf.labels import IGNORE_LABEL
+from gscnn_tf.data.labels import IGNORE_LABEL
 from gscnn_tf.losses.segmentation import DictLoss, global_sum, labels_of
 
 

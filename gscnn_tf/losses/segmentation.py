@@ -18,7 +18,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from gscnn_tf.labels import IGNORE_LABEL
+from gscnn_tf.data.labels import IGNORE_LABEL
 
 
 def _on_tensorflow() -> bool:

@@ -43,7 +43,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy.spatial import cKDTree
 
-from gscnn_tf.labels import IGNORE_LABEL
+from gscnn_tf.data.labels import IGNORE_LABEL
 
 _EPS_DIST = 1e-6  # float64 distances; sqrt(r**2 + 1) - r >> 1e-6 for any realistic r
 

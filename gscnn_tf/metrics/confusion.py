@@ -10,7 +10,7 @@ Conventions (Cityscapes' official ``evalPixelLevelSemanticLabeling``):
   ``mIoU = nanmean(IoU)``. A class that is predicted but absent from the ground truth
   counts with IoU 0.
 * Category IoU: the 19x19 matrix is collapsed to 7x7 with
-  :data:`gscnn_tf.labels.CLASS_TO_CATEGORY` (confusions between classes of the same
+  :data:`gscnn_tf.data.labels.CLASS_TO_CATEGORY` (confusions between classes of the same
   category become true positives), then IoU as above. This equals Cityscapes'
   ``getIouScoreForCategory`` on train ids.
 * Pixel accuracy = ``trace / total``; mean class accuracy = ``nanmean(TP / GT count)``
@@ -28,8 +28,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from gscnn_tf import labels as _labels
-from gscnn_tf.labels import IGNORE_LABEL
+from gscnn_tf.data import labels as _labels
+from gscnn_tf.data.labels import IGNORE_LABEL
 
 # ----------------------------------------------------------------------------- NumPy
 

@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from gscnn_tf.labels import IGNORE_LABEL
+from gscnn_tf.data.labels import IGNORE_LABEL
 from gscnn_tf.metrics.confusion import confusion_matrix, summarize
 
 DEFAULT_VANISHING_POINT = (0.5, 0.45)

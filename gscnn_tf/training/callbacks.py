@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gscnn_tf.checkpoints import BEST_WEIGHTS, LAST_WEIGHTS, non_finite_weights
+from gscnn_tf.training.checkpoints import BEST_WEIGHTS, LAST_WEIGHTS, non_finite_weights
 from gscnn_tf.training.errors import TrainingError, TrainingFailed, writing
 from gscnn_tf.utils.atomic import atomic_directory, atomic_path, atomic_write_text, remove_stale_temporaries
 
@@ -310,7 +310,7 @@ class ImageSummaries(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:
             return
-        from gscnn_tf.labels import colorize
+        from gscnn_tf.data.labels import colorize
 
         outputs = self.model(self.images, training=False)
         pred = np.argmax(keras.ops.convert_to_numpy(outputs["seg_logits"]), axis=-1)

@@ -21,7 +21,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gscnn_tf.checkpoints import (
+from gscnn_tf.config import ConfigError, ExperimentConfig, config_to_dict, load_config, save_config
+from gscnn_tf.training import callbacks as cb
+from gscnn_tf.training.checkpoints import (
     BEST_WEIGHTS,
     CONFIG_NAME,
     FINAL_MODEL,
@@ -29,8 +31,6 @@ from gscnn_tf.checkpoints import (
     load_inference_model,
     non_finite_weights,
 )
-from gscnn_tf.config import ConfigError, ExperimentConfig, config_to_dict, load_config, save_config
-from gscnn_tf.training import callbacks as cb
 from gscnn_tf.training.distribute import make_strategy, resolve_jit_compile
 from gscnn_tf.training.errors import TrainingError, TrainingFailed, writing
 from gscnn_tf.training.optimizer import build_optimizer

@@ -8,9 +8,9 @@
 * the distance-based mIoU per crop fraction (:mod:`gscnn_tf.metrics.distance`);
 * optionally, label-id PNGs and Cityscapes' official ``evaluateImgLists``.
 
-Inference: :class:`gscnn_tf.inference.MultiScalePredictor` (``eval_config.scales`` and
+Inference: :class:`gscnn_tf.evaluation.inference.MultiScalePredictor` (``eval_config.scales`` and
 ``eval_config.flip``); the report dict and its JSON/Markdown files:
-:mod:`gscnn_tf.eval_report`.
+:mod:`gscnn_tf.evaluation.report`.
 
 The dataset yields ``(image (1,H,W,3), targets)`` or ``(image, targets, filename)``
 (``gscnn_tf.data.pipeline.build_eval_dataset``), ``targets`` being ``{"label": (1,H,W)}``
@@ -32,14 +32,14 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from gscnn_tf import labels as _labels
 from gscnn_tf.config import EvalConfig
-from gscnn_tf.eval_report import metrics_report
-from gscnn_tf.inference import MultiScalePredictor
+from gscnn_tf.data import labels as _labels
+from gscnn_tf.evaluation.inference import MultiScalePredictor
+from gscnn_tf.evaluation.report import metrics_report
 from gscnn_tf.metrics.boundary_f import BoundaryFScore
 from gscnn_tf.metrics.confusion import confusion_matrix
 from gscnn_tf.metrics.distance import DistanceIoU, crop
-from gscnn_tf.visualize import write_png
+from gscnn_tf.prediction.visualize import write_png
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import pickle
 
 import numpy as np
 
-from gscnn_tf.convert.official_layout import is_unused_key
+from gscnn_tf.checkpoint_import.official_layout import is_unused_key
 
 DATA_PARALLEL_PREFIX = "module."
 # Scale of the official Canny map (cv2.Canny returns 0/255) relative to CannyEdges' 0/1.

@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 import tensorflow as tf
 
-from gscnn_tf import visualize
+from gscnn_tf.prediction import visualize
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Predictor:
 def load_predictor(path: str, config_path: Optional[str] = None, version: Optional[int] = None,
                    with_probabilities: bool = False) -> Predictor:
     """A SavedModel (a version dir or an export root: highest version) or any checkpoint
-    :func:`gscnn_tf.checkpoints.load_inference_model` accepts."""
+    :func:`gscnn_tf.training.checkpoints.load_inference_model` accepts."""
     from gscnn_tf.export.serving_graph import build_serving_module
     from gscnn_tf.export.signatures import IMAGE_TENSOR_SIGNATURE, TENSOR_INPUT
     from gscnn_tf.export.versions import find_saved_model, is_saved_model_path
@@ -67,8 +67,8 @@ def load_predictor(path: str, config_path: Optional[str] = None, version: Option
         predictor = Predictor(lambda x: signature(**{TENSOR_INPUT: x}), directory, "saved_model")
         predictor._loaded = loaded  # keep the restored object (and its variables) alive
         return predictor
-    from gscnn_tf.checkpoints import load_inference_model
     from gscnn_tf.config import load_config
+    from gscnn_tf.training.checkpoints import load_inference_model
 
     config = load_config(config_path) if config_path else None
     model, config = load_inference_model(path, config)

@@ -5,7 +5,7 @@ For every scale ``s`` the image is resized bilinearly to
 size), the model's ``seg_logits`` are resized bilinearly back to H x W and turned into
 softmax probabilities; with ``flip`` the horizontally flipped image is also run and its
 probabilities flipped back. The prediction is the arg-max of the mean of all these
-probability maps. (Serving-graph prediction of files is :mod:`gscnn_tf.predict`.)
+probability maps. (Serving-graph prediction of files is :mod:`gscnn_tf.prediction.files`.)
 """
 from __future__ import annotations
 

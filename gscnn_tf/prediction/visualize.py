@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gscnn_tf import labels as label_tables
+from gscnn_tf.data import labels as label_tables
 from gscnn_tf.utils.atomic import atomic_path
 
 

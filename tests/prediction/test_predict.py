@@ -19,7 +19,7 @@ from gscnn_tf.export import saved_model as sm
 from gscnn_tf.export import warmup
 from gscnn_tf.prediction import visualize
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLIENT = os.path.join(REPO, "scripts", "serving_client.py")
 
 

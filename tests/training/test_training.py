@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import tiny_experiment_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TERMS = ("loss_seg", "loss_edge_bce", "loss_attention", "loss_dual_task")
 
 

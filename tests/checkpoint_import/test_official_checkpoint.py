@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "official_golden.npz")
+GOLDEN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "golden", "official_golden.npz")
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def golden():
 def _official_config():
     from gscnn_tf.config import load_config
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return load_config(os.path.join(root, "configs", "cityscapes_wrn38_official.yaml"))
 
 

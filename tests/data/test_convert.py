@@ -21,7 +21,7 @@ from gscnn_tf.data.verify import VerificationError, verify
 from tfrecords_tools import convert_cityscapes as cli
 
 H, W = 64, 128
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")

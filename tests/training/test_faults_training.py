@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import tiny_experiment_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BEST = os.path.join("checkpoints", "best.weights.h5")
 LAST = os.path.join("checkpoints", "last.weights.h5")
 

@@ -24,7 +24,7 @@ from gscnn_tf.layers.shape_stream import ShapeStream
 
 cv2 = pytest.importorskip("cv2")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def np_resize_align_corners(x, out_h, out_w):

@@ -1,11 +1,31 @@
-"""Shared pytest set-up: CPU only, quiet TensorFlow, a --runslow switch, small fixtures."""
+"""The shared test kit: CPU only, quiet TensorFlow, a --runslow switch, and the tiny things tests share.
+
+* ``TINY_MODEL`` / :func:`tiny_model_config`: the smallest real Gated-SCNN (MobileNetV2 x0.35,
+  narrow heads), for tests of the architecture at test-suite cost;
+* :func:`build_standin_model` / :func:`build_tiny_model` / :func:`standin_config`: plain Keras
+  models with GatedSCNN's input/output contract, for tests of export, serving and prediction;
+* ``synthetic_tfrecords`` (session fixture) and :func:`tiny_experiment_config`: a converted
+  synthetic dataset and the smallest real training config over it.
+
+Test modules import the helpers with ``from conftest import ...`` (pytest puts tests/ on
+sys.path); no test module imports another.
+"""
 import os
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+import keras  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from gscnn_tf.config import ModelConfig, load_config  # noqa: E402
+
+NUM_CLASSES = 19
+# The smallest real Gated-SCNN: MobileNetV2 x0.35 regular stream, narrow ASPP / decoder.
+TINY_MODEL = dict(backbone="mobilenetv2", mobilenet_alpha=0.35, aspp_filters=16, decoder_filters=16,
+                  low_level_filters=8)
 
 
 def pytest_addoption(parser):
@@ -71,13 +91,15 @@ def synthetic_tfrecords(tmp_path_factory):
     }
 
 
-def tiny_experiment_config(synthetic, model_dir, **train_overrides):
-    """The smallest real Gated-SCNN training config (MobileNetV2 x0.35, narrow heads, 64x64 crops)."""
-    from gscnn_tf.config import load_config
+def tiny_model_config(**overrides) -> ModelConfig:
+    """``TINY_MODEL`` with 19 classes as a ModelConfig; keyword arguments override any field."""
+    return ModelConfig(**{"num_classes": NUM_CLASSES, **TINY_MODEL, **overrides})
 
-    overrides = [
-        "model.backbone=mobilenetv2", "model.mobilenet_alpha=0.35", "model.aspp_filters=16",
-        "model.decoder_filters=16", "model.low_level_filters=8",
+
+def tiny_experiment_config(synthetic, model_dir, **train_overrides):
+    """The smallest real Gated-SCNN training config (``TINY_MODEL``, 64x64 crops, 3 steps) over
+    ``synthetic`` (the ``synthetic_tfrecords`` fixture); keyword arguments override ``train.*``."""
+    overrides = [f"model.{key}={value}" for key, value in TINY_MODEL.items()] + [
         f"data.train_pattern={synthetic['train_pattern']}", f"data.val_pattern={synthetic['val_pattern']}",
         "data.crop_size=[64, 64]", "data.shuffle_buffer=8", "data.min_scale=0.75", "data.max_scale=1.25",
         f"train.model_dir={model_dir}", "train.batch_size=2", "train.epochs=1", "train.steps_per_epoch=3",
@@ -85,3 +107,70 @@ def tiny_experiment_config(synthetic, model_dir, **train_overrides):
     ]
     overrides += [f"train.{k}={v}" for k, v in train_overrides.items()]
     return load_config(None, overrides)
+
+
+# ----------------------------------------------------------------------------- stand-in models
+# Plain Keras models with GatedSCNN's contract (RGB 0..255 (B,H,W,3) -> {seg_logits, edge}): export,
+# serving and prediction tests need the contract, not the architecture, and these build in milliseconds.
+
+
+def standin_config():
+    """The experiment config exported with a stand-in model (its normalisation is MobileNetV2's)."""
+    return load_config(None, ["model.backbone=mobilenetv2", "model.mobilenet_alpha=0.35"])
+
+
+@keras.saving.register_keras_serializable(package="gscnn_tests")
+class GradientMagnitude(keras.layers.Layer):
+    """Test-only custom layer (|dx| + |dy| of the channel mean): must not be needed to load the export."""
+
+    def call(self, x):
+        g = keras.ops.mean(x, axis=-1, keepdims=True)
+        dy = keras.ops.abs(g[:, 1:, :, :] - g[:, :-1, :, :])
+        dx = keras.ops.abs(g[:, :, 1:, :] - g[:, :, :-1, :])
+        dy = keras.ops.pad(dy, [[0, 0], [0, 1], [0, 0], [0, 0]])
+        dx = keras.ops.pad(dx, [[0, 0], [0, 0], [0, 1], [0, 0]])
+        return dx + dy
+
+
+@keras.saving.register_keras_serializable(package="gscnn_tests")
+class Upsample8(keras.layers.Layer):
+    """Bilinear x8 (keras' UpSampling2D cannot trace with unknown H, W in graph mode)."""
+
+    def call(self, x):
+        return tf.image.resize(x, tf.shape(x)[1:3] * 8, method="bilinear")
+
+    def compute_output_shape(self, shape):
+        return (shape[0], None if shape[1] is None else shape[1] * 8, None if shape[2] is None else shape[2] * 8,
+                shape[3])
+
+
+def build_standin_model(num_classes=NUM_CLASSES, seed=0):
+    """Same contract as GatedSCNN: RGB 0..255 (B,H,W,3), H,W multiples of 8 -> {seg_logits, edge}.
+
+    Stride-8 features with global (image-pooling) context, upsampled x8 and concatenated
+    with full-resolution features: sizes that are not multiples of 8 fail to concatenate.
+    """
+    keras.utils.set_random_seed(seed)
+    init = keras.initializers.RandomNormal(stddev=0.5, seed=seed)
+    conv = lambda f, k, s=1, **kw: keras.layers.Conv2D(  # noqa: E731
+        f, k, strides=s, padding="same", kernel_initializer="he_normal", bias_initializer=init, **kw)
+    image = keras.Input((None, None, 3), name="image")
+    grad = GradientMagnitude()(image)
+    x = conv(8, 3, activation="relu")(image)
+    y = keras.layers.BatchNormalization()(conv(8, 3, 2)(x))
+    y = conv(16, 3, 2, activation="relu")(y)
+    y = conv(16, 3, 2, activation="relu")(y)
+    context = conv(16, 1)(keras.layers.GlobalAveragePooling2D(keepdims=True)(y))
+    y = keras.layers.Add()([y, context])
+    up = Upsample8()(y)
+    z = keras.layers.Concatenate()([up, x, grad])
+    logits = conv(num_classes, 1, name="seg_logits")(z)
+    edge = conv(1, 1, activation="sigmoid", name="edge")(keras.layers.Concatenate()([z, grad]))
+    return keras.Model(image, {"seg_logits": logits, "edge": edge}, name="standin")
+
+
+def build_tiny_model(num_classes=NUM_CLASSES):
+    """Smallest model with the contract, for tests about files and flags rather than numbers."""
+    image = keras.Input((None, None, 3), name="image")
+    return keras.Model(image, {"seg_logits": keras.layers.Conv2D(num_classes, 1)(image),
+                               "edge": keras.layers.Conv2D(1, 1, activation="sigmoid")(image)})

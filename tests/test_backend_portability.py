@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import TINY_MODEL
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "cross_backend_check.py")
@@ -105,8 +106,7 @@ def test_gated_scnn_fits_on_jax_and_evaluates_as_on_tensorflow(tmp_path):
     label = np.stack([label_ids_to_train_ids(s.label_ids) for s in scenes]).astype(np.int32)
     boundary = np.asarray(boundary_map(label), np.float32)
     np.savez(tmp_path / "data.npz", images=images, label=label, boundary=boundary)
-    config = dict(backbone="mobilenetv2", mobilenet_alpha=0.35, num_classes=19, aspp_filters=16, decoder_filters=16,
-                  low_level_filters=8, sync_batchnorm=False)
+    config = dict(TINY_MODEL, num_classes=19, sync_batchnorm=False)
     weights = str(tmp_path / "jax.weights.h5")
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
     proc = subprocess.run([sys.executable, "-c", _JAX_FIT, str(tmp_path / "data.npz"), weights, json.dumps(config)],

@@ -237,7 +237,7 @@ def test_disk_full_during_conversion_is_one_line_and_leaves_no_partial_shard(cs_
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from test_export import build_tiny_model, standin_config  # noqa: E402  (tests/ is on sys.path)
+from conftest import build_tiny_model, standin_config  # noqa: E402
 
 from gscnn_tf.export import saved_model as sm  # noqa: E402
 from gscnn_tf.export import (  # noqa: E402

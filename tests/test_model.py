@@ -5,9 +5,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_model_config
 
-import gscnn_tf.layers  # noqa: F401  (registers the custom layers for loading)
-from gscnn_tf.config import ModelConfig
 from gscnn_tf.model import GatedSCNN
 from gscnn_tf.training.distribute import cpu_mirrored_strategy
 
@@ -15,13 +14,8 @@ NUM_CLASSES = 5
 
 
 def tiny_config(**overrides):
-    """MobileNetV2 (alpha 0.35) with narrow heads: the architecture, at test-suite cost."""
-    values = dict(
-        backbone="mobilenetv2", mobilenet_alpha=0.35, num_classes=NUM_CLASSES, aspp_filters=16,
-        decoder_filters=16, low_level_filters=8,
-    )
-    values.update(overrides)
-    return ModelConfig(**values)
+    """The kit's tiny Gated-SCNN with NUM_CLASSES classes."""
+    return tiny_model_config(**{"num_classes": NUM_CLASSES, **overrides})
 
 
 def images(batch, height, width, seed=0):

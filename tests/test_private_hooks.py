@@ -29,6 +29,9 @@ def test_keras_fit_still_calls_maybe_symbolic_build():
         "Keras' fit() no longer calls Model._maybe_symbolic_build: GatedSCNN's override "
         "(gscnn_tf/model.py) is dead code; check whether fit() still consumes a batch "
         "to build the model and how MultiWorkerMirroredStrategy copes")
+    assert calls[0], (
+        "Keras' fit() calls Model._maybe_symbolic_build without the data iterator or a batch: "
+        "GatedSCNN's override (which must stop Keras pulling a batch from it) no longer sees the data")
 
 
 def test_gated_scnn_overrides_the_hook_keras_defines():

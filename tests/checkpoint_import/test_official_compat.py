@@ -12,10 +12,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_model_config
 
 from gscnn_tf.backbones import build_backbone, normalization_for
 from gscnn_tf.backbones.wider_resnet import SymmetricMaxPool2D
-from gscnn_tf.config import ModelConfig
 from gscnn_tf.layers.aspp import ShapeAwareASPP
 from gscnn_tf.layers.canny import CannyEdges
 from gscnn_tf.layers.decoder import DeepLabV3PlusDecoder
@@ -210,10 +210,7 @@ def test_wrn38_options():
 def _small(compat):
     from gscnn_tf.model import GatedSCNN
 
-    return GatedSCNN(ModelConfig(
-        backbone="mobilenetv2", mobilenet_alpha=0.35, num_classes=3, aspp_filters=16, decoder_filters=16,
-        low_level_filters=8, official_compat=compat, sync_batchnorm=False,
-    ))
+    return GatedSCNN(tiny_model_config(num_classes=3, official_compat=compat, sync_batchnorm=False))
 
 
 def test_official_compat_switches_in_the_model():

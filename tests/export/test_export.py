@@ -15,75 +15,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import NUM_CLASSES, build_standin_model, build_tiny_model, standin_config
 
 from gscnn_tf.config import load_config
 from gscnn_tf.data import labels as label_tables
 from gscnn_tf.export import saved_model as sm
 from gscnn_tf.export import serving_graph, signatures, versions, warmup
 
-NUM_CLASSES = 19
 MEAN = (127.5, 127.5, 127.5)  # normalization_for("mobilenetv2")
-
-
-@keras.saving.register_keras_serializable(package="gscnn_tests")
-class GradientMagnitude(keras.layers.Layer):
-    """Test-only custom layer (|dx| + |dy| of the channel mean): must not be needed to load the export."""
-
-    def call(self, x):
-        g = keras.ops.mean(x, axis=-1, keepdims=True)
-        dy = keras.ops.abs(g[:, 1:, :, :] - g[:, :-1, :, :])
-        dx = keras.ops.abs(g[:, :, 1:, :] - g[:, :, :-1, :])
-        dy = keras.ops.pad(dy, [[0, 0], [0, 1], [0, 0], [0, 0]])
-        dx = keras.ops.pad(dx, [[0, 0], [0, 0], [0, 1], [0, 0]])
-        return dx + dy
-
-
-@keras.saving.register_keras_serializable(package="gscnn_tests")
-class Upsample8(keras.layers.Layer):
-    """Bilinear x8 (keras' UpSampling2D cannot trace with unknown H, W in graph mode)."""
-
-    def call(self, x):
-        return tf.image.resize(x, tf.shape(x)[1:3] * 8, method="bilinear")
-
-    def compute_output_shape(self, shape):
-        return (shape[0], None if shape[1] is None else shape[1] * 8, None if shape[2] is None else shape[2] * 8,
-                shape[3])
-
-
-def build_standin_model(num_classes=NUM_CLASSES, seed=0):
-    """Same contract as GatedSCNN: RGB 0..255 (B,H,W,3), H,W multiples of 8 -> {seg_logits, edge}.
-
-    Stride-8 features with global (image-pooling) context, upsampled x8 and concatenated
-    with full-resolution features: sizes that are not multiples of 8 fail to concatenate.
-    """
-    keras.utils.set_random_seed(seed)
-    init = keras.initializers.RandomNormal(stddev=0.5, seed=seed)
-    conv = lambda f, k, s=1, **kw: keras.layers.Conv2D(  # noqa: E731
-        f, k, strides=s, padding="same", kernel_initializer="he_normal", bias_initializer=init, **kw)
-    image = keras.Input((None, None, 3), name="image")
-    grad = GradientMagnitude()(image)
-    x = conv(8, 3, activation="relu")(image)
-    y = keras.layers.BatchNormalization()(conv(8, 3, 2)(x))
-    y = conv(16, 3, 2, activation="relu")(y)
-    y = conv(16, 3, 2, activation="relu")(y)
-    context = conv(16, 1)(keras.layers.GlobalAveragePooling2D(keepdims=True)(y))
-    y = keras.layers.Add()([y, context])
-    up = Upsample8()(y)
-    z = keras.layers.Concatenate()([up, x, grad])
-    logits = conv(num_classes, 1, name="seg_logits")(z)
-    edge = conv(1, 1, activation="sigmoid", name="edge")(keras.layers.Concatenate()([z, grad]))
-    return keras.Model(image, {"seg_logits": logits, "edge": edge}, name="standin")
-
-
-def build_tiny_model(num_classes=NUM_CLASSES):
-    """Smallest model with the contract, for tests about files and flags rather than numbers."""
-    image = keras.Input((None, None, 3), name="image")
-    return keras.Model(image, {"seg_logits": keras.layers.Conv2D(num_classes, 1)(image),
-                               "edge": keras.layers.Conv2D(1, 1, activation="sigmoid")(image)})
-
-
-def standin_config():
-    return load_config(None, ["model.backbone=mobilenetv2", "model.mobilenet_alpha=0.35"])
 
 
 def reference(model, image):

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_model_config
 
 from gscnn_tf.layers.dilated_conv import Conv2D as DilatedConv2D
 from gscnn_tf.layers.dilated_conv import DepthwiseConv2D as DilatedDepthwiseConv2D
@@ -220,11 +221,9 @@ def test_config_and_variables_are_those_of_the_keras_layers():
 @pytest.mark.parametrize("backbone", ["mobilenetv2", "resnet50"])
 def test_weights_saved_from_keras_layers_load(backbone, tmp_path):
     """A model built with plain Conv2D/DepthwiseConv2D (the old code) -> .weights.h5 -> today's model."""
-    from gscnn_tf.config import ModelConfig
     from gscnn_tf.model import GatedSCNN
 
-    cfg = ModelConfig(backbone=backbone, mobilenet_alpha=0.35, output_stride=8, pretrained=None,
-                      aspp_filters=16, decoder_filters=16, low_level_filters=8, num_classes=5)
+    cfg = tiny_model_config(backbone=backbone, output_stride=8, pretrained=None, num_classes=5)
     with mock.patch("gscnn_tf.layers.dilated_conv.Conv2D", keras.layers.Conv2D), \
             mock.patch("gscnn_tf.layers.dilated_conv.DepthwiseConv2D", keras.layers.DepthwiseConv2D):
         keras.utils.set_random_seed(1)

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_export import build_standin_model, standin_config  # noqa: E402  (tests/ is on sys.path)
+from conftest import build_standin_model, standin_config  # noqa: E402
 
 from gscnn_tf.config import save_config
 from gscnn_tf.data import labels as label_tables

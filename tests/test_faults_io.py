@@ -502,11 +502,14 @@ _NOISE = ("I0000", "E0000", "W0000", "cuInit", "oneDNN", "absl::InitializeLog", 
 
 @pytest.mark.parametrize("argv", [
     ["predict.py", "--model", "/nonexistent/model", "--input", "/nonexistent/a.png"],
-    ["export_savedmodel.py", "--checkpoint", "/nonexistent/run", "--export-dir", "/nonexistent/out"],
-    ["evaluate.py", "--checkpoint", "{tmp}"],
-    ["train_keras.py", "--config", "configs/cpu_demo.yaml", "--model-dir", "{tmp}/run", "--resume"],
-    ["-m", "tfrecords_tools.convert_cityscapes", "cityscapes", "--root", "{src}", "--out", "{tmp}/out",
-     "--splits", "val", "--quiet"],
+    # One tool in the default run (the import is shared); the others with --runslow.
+    pytest.param(["export_savedmodel.py", "--checkpoint", "/nonexistent/run", "--export-dir", "/nonexistent/out"],
+                 marks=pytest.mark.slow),
+    pytest.param(["evaluate.py", "--checkpoint", "{tmp}"], marks=pytest.mark.slow),
+    pytest.param(["train_keras.py", "--config", "configs/cpu_demo.yaml", "--model-dir", "{tmp}/run", "--resume"],
+                 marks=pytest.mark.slow),
+    pytest.param(["-m", "tfrecords_tools.convert_cityscapes", "cityscapes", "--root", "{src}", "--out", "{tmp}/out",
+                  "--splits", "val", "--quiet"], marks=pytest.mark.slow),
 ])
 def test_clis_print_no_tensorflow_startup_noise(argv, cs_src, tmp_path):
     """Each command imports TensorFlow (and fails as a user error, or converts quietly)."""

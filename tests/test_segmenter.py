@@ -148,6 +148,7 @@ print("iterations", int(model.optimizer.iterations.numpy()))
 """
 
 
+@pytest.mark.slow
 def test_fit_two_steps_save_and_reload_in_a_fresh_process(tmp_path):
     images, targets = synthetic_batch(4, seed=1)
     ds = tf.data.Dataset.from_tensor_slices((images, targets)).batch(2)  # uint8 images, as decoded
@@ -238,6 +239,7 @@ def test_model_keras_from_before_gated_scnn_is_rebuilt_from_the_run_config(tmp_p
     np.testing.assert_allclose(keras.ops.convert_to_numpy(fresh(images)["seg_logits"]), want, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_keras_export_of_the_same_object_serves_rgb_pixels(model, tmp_path):
     """``model.export`` (Keras' own SavedModel export) carries the normalisation and the range check."""
     path = str(tmp_path / "keras_export")
@@ -252,6 +254,7 @@ def test_keras_export_of_the_same_object_serves_rgb_pixels(model, tmp_path):
         serve(tf.constant(images, tf.float32) / 127.5 - 1.0)
 
 
+@pytest.mark.slow
 def test_fit_under_a_two_replica_strategy_builds_without_pulling_a_batch():
     """Under a strategy Keras pulls a batch and MEAN-reduces it across replicas to build the
     compiled state (which fails under MultiWorkerMirroredStrategy); GatedSCNN builds its

@@ -139,6 +139,7 @@ def test_weights_check_finds_a_nan_by_name():
 # ----------------------------------------------------------------------------- best survives resume
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_not_replaced_by_a_worse_epoch_after_resume(synthetic_tfrecords, trained_run, tmp_path):
     from gscnn_tf.training.run import train
 
@@ -278,6 +279,7 @@ def test_a_model_change_is_refused_before_anything_is_written(synthetic_tfrecord
     assert _tree(run) == before
 
 
+@pytest.mark.slow
 def test_a_changed_config_needs_a_flag_and_the_cli_says_which(synthetic_tfrecords, trained_run, tmp_path):
     from gscnn_tf.config import save_config
     from gscnn_tf.training.errors import TrainingError
@@ -334,6 +336,7 @@ def test_training_checks_the_shards_against_the_manifest(synthetic_tfrecords, tm
     assert not os.path.exists(tmp_path / "run")  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_a_corrupt_shard_stops_training_with_one_line_naming_it(synthetic_tfrecords, tmp_path):
     from gscnn_tf.training.errors import TrainingFailed
     from gscnn_tf.training.run import train
@@ -350,6 +353,7 @@ def test_a_corrupt_shard_stops_training_with_one_line_naming_it(synthetic_tfreco
     assert message.startswith(f"corrupt shard {shard}: ") and len(message.splitlines()) == 1, message
 
 
+@pytest.mark.slow
 def test_a_record_whose_label_size_differs_is_refused_naming_it(tmp_path):
     import tensorflow as tf
 

@@ -31,6 +31,7 @@ def _run_cli(args, env_extra=None, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_single_device_run_writes_a_complete_run_directory(synthetic_tfrecords, tmp_path):
     from gscnn_tf.training.checkpoints import load_inference_model
     from gscnn_tf.training.run import train
@@ -168,6 +169,7 @@ def test_killed_run_resumes_from_its_backup_not_from_scratch(synthetic_tfrecords
     assert summary["global_step"] == 10  # the schedule's total, not 10 more steps
 
 
+@pytest.mark.slow
 def test_cli_reports_config_and_data_errors(synthetic_tfrecords, tmp_path):
     cfg = tiny_experiment_config(synthetic_tfrecords, tmp_path / "run")
     config = _write_yaml(cfg, tmp_path / "c.yaml")

@@ -13,8 +13,9 @@ Cases (``--cases``; ``MODEL`` is ``r50`` = ResNet-50 OS8, 19 classes, or ``demo`
 
 * ``conv-r{RATE}``: one ASPP atrous conv on its real shape, forward + gradients (input and
   kernel): 2048 -> 256 channels, 3x3, on the stride-8 map of a 512x512 crop (1x64x64).
-* ``train-{gscnn,deeplab}-MODEL``: ``GatedSCNN.train_step`` (what ``model.fit`` runs:
-  forward, the loss terms, backward, SGD with coupled weight decay); r50: 2 x 256x512,
+* ``train-{gscnn,deeplab}-MODEL``: the ``train_step`` a compiled ``GatedSCNN`` inherits from
+  Keras (what ``model.fit`` runs: forward, ``GatedSCNN.compute_loss``'s four terms, backward,
+  SGD with coupled weight decay); r50: 2 x 256x512,
   demo: 4 x 128x256 (the demo's batch and crop).
 * ``infer-{gscnn,deeplab}-MODEL``: the inference network, r50: 1 x 512x1024, demo: 1 x 256x512.
 * ``parts-MODEL``: a profile of the (new) Gated-SCNN training step by component: the

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gscnn_tf import eval_report, evaluation, inference
 from gscnn_tf.config import EvalConfig
+from gscnn_tf.evaluation import evaluate as evaluate_module
+from gscnn_tf.evaluation import inference
+from gscnn_tf.evaluation import report as report_module
 from gscnn_tf.metrics import distance
 
 K = 5
@@ -59,7 +61,7 @@ def _cfg(**kw):
 
 def test_ground_truth_model_scores_perfectly():
     labels = _label_maps()
-    report = evaluation.evaluate(_echo_model(), _dataset(labels), _cfg(), num_classes=K, distance_mode="crop")
+    report = evaluate_module.evaluate(_echo_model(), _dataset(labels), _cfg(), num_classes=K, distance_mode="crop")
     assert report["num_images"] == 3
     assert report["miou"] == pytest.approx(1.0)
     assert report["pixel_accuracy"] == pytest.approx(1.0)
@@ -74,7 +76,7 @@ def test_ground_truth_model_scores_perfectly():
 
 def test_constant_model_scores_match_hand_computation():
     labels = _label_maps(ignore=False, seed=1)
-    report = evaluation.evaluate(_constant_model(0), _dataset(labels), _cfg(), num_classes=K, distance_mode="resize")
+    report = evaluate_module.evaluate(_constant_model(0), _dataset(labels), _cfg(), num_classes=K, distance_mode="resize")
     present = sorted(set(np.unique(labels)) | {0})
     iou0 = np.sum(labels == 0) / labels.size
     assert report["miou"] == pytest.approx(iou0 / len(present))
@@ -153,7 +155,7 @@ def test_official_cityscapes_evaluation_agrees(tmp_path):
     images = rng.normal(size=labels.shape + (3,)).astype(np.float32)
     ds = _dataset(labels, with_filenames=True, images=images)
     cfg = EvalConfig(official_eval=True, boundary_tolerances_px=[3], distance_crop_fractions=[1.0])
-    report = evaluation.evaluate(model, ds, cfg, num_classes=num_classes, output_dir=str(tmp_path), distance_mode=None)
+    report = evaluate_module.evaluate(model, ds, cfg, num_classes=num_classes, output_dir=str(tmp_path), distance_mode=None)
     official = report["official"]
     assert "error" not in official, official
     assert official["miou"] == pytest.approx(report["miou"], abs=1e-9)
@@ -170,33 +172,33 @@ def test_official_evaluation_error_is_reported_not_exited(tmp_path):
     b = str(tmp_path / "b.png")
     cv2.imwrite(a, np.zeros((4, 4), np.uint8))
     cv2.imwrite(b, np.zeros((4, 5), np.uint8))
-    with pytest.raises(evaluation.OfficialEvalError, match="b.png"):
-        evaluation.run_official_evaluation([a], [b])
+    with pytest.raises(evaluate_module.OfficialEvalError, match="b.png"):
+        evaluate_module.run_official_evaluation([a], [b])
 
 
 def test_write_report_is_atomic(tmp_path):
     labels = _label_maps(n=1)
-    report = evaluation.evaluate(_echo_model(), _dataset(labels), _cfg(), num_classes=K, distance_mode=None)
-    json_path, md_path = eval_report.write_report(report, str(tmp_path))
+    report = evaluate_module.evaluate(_echo_model(), _dataset(labels), _cfg(), num_classes=K, distance_mode=None)
+    json_path, md_path = report_module.write_report(report, str(tmp_path))
     assert json.load(open(json_path))["miou"] == pytest.approx(1.0)
     text = open(md_path).read()
     assert "| mIoU | 100.00 |" in text and "| class_0 |" in text
     before = open(json_path).read()
     broken = dict(report, miou=float("nan"))  # not valid JSON -> the write fails
     with pytest.raises(ValueError):
-        eval_report.write_report(broken, str(tmp_path))
+        report_module.write_report(broken, str(tmp_path))
     assert open(json_path).read() == before
     assert sorted(os.listdir(tmp_path)) == ["metrics.json", "metrics.md"]  # no temporary files left
 
 
 def test_max_images_and_bad_datasets():
     labels = _label_maps(n=3)
-    report = evaluation.evaluate(_echo_model(), _dataset(labels), _cfg(), num_classes=K, max_images=2, distance_mode=None)
+    report = evaluate_module.evaluate(_echo_model(), _dataset(labels), _cfg(), num_classes=K, max_images=2, distance_mode=None)
     assert report["num_images"] == 2
     with pytest.raises(ValueError, match="empty"):
-        evaluation.evaluate(_echo_model(), _dataset(labels).take(0), _cfg(), num_classes=K)
+        evaluate_module.evaluate(_echo_model(), _dataset(labels).take(0), _cfg(), num_classes=K)
     with pytest.raises(ValueError, match="output_dir"):
-        evaluation.evaluate(_echo_model(), _dataset(labels), _cfg(official_eval=True), num_classes=K)
+        evaluate_module.evaluate(_echo_model(), _dataset(labels), _cfg(official_eval=True), num_classes=K)
 
 
 def test_cli_missing_checkpoint_fails_with_path(tmp_path, capsys):
@@ -249,7 +251,7 @@ def test_distance_resize_mode_reinfers_on_the_upsampled_crop():
     labels = _label_maps(n=1, seed=13)
     images = rng.normal(size=labels.shape + (3,)).astype(np.float32)
     cfg = _cfg(distance_crop_fractions=[0.5])
-    got = evaluation.evaluate(model, _dataset(labels, images=images), cfg, num_classes=K, distance_mode="resize",
+    got = evaluate_module.evaluate(model, _dataset(labels, images=images), cfg, num_classes=K, distance_mode="resize",
                               vanishing_point=(0.25, 0.75))
     top, left, h, w = distance.crop_box((32, 48), 0.5, (0.25, 0.75))
     assert (top, left, h, w) == (16, 0, 16, 24)  # touches the bottom-left corner

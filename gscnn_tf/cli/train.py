@@ -15,6 +15,9 @@ examples:
   # the paper recipe on 8 GPUs
   python train_keras.py --config configs/cityscapes_resnet101_os8.yaml --strategy mirrored \\
       --set data.train_pattern='/data/cs_tfrecords/train_fine-*.tfrecord'
+  # fine-tune the imported official model into a new run directory (the import's stays as it is)
+  python train_keras.py --config configs/cityscapes_wrn38_official.yaml --init-from runs/gscnn_wrn38_official \
+      --model-dir runs/gscnn_wrn38_finetune
   # two logical CPU devices (exercises MirroredStrategy + SyncBN without a GPU)
   python train_keras.py --config configs/cpu_demo.yaml --strategy mirrored --num-cpu-devices 2
   # one worker of a multi-machine job (the cluster comes from TF_CONFIG)
@@ -48,7 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--xla", choices=["auto", "on", "off"],
                    help="XLA compilation (train.jit_compile); forced off for multi-replica CPU runs, where it fails")
     p.add_argument("--seed", type=int, help="random seed for weights, augmentation and Gumbel noise (train.seed)")
-    p.add_argument("--init-checkpoint", help="fine-tune: start from these weights (run dir, .weights.h5 or .keras)")
+    p.add_argument("--init-from", "--init-checkpoint", dest="init_checkpoint", metavar="RUN_OR_WEIGHTS",
+                   help="fine-tune: initialise the new run's model with these weights (a run directory, e.g. the one "
+                   "import_official_checkpoint.py wrote: its best, else last weights, else model.keras; or a "
+                   ".weights.h5 / .keras file) before the first step (train.init_checkpoint). The source is only read "
+                   "and must lie outside the run directory: give the new run its own --model-dir. Ignored, with a "
+                   "log line, when the run directory already holds a backup (the run resumes from it)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="require a backup in the run directory and resume from it")
     group.add_argument("--fresh", action="store_true",

@@ -12,6 +12,7 @@ A training run directory (``train.model_dir``) holds::
 from __future__ import annotations
 
 import os
+import re
 from typing import Optional
 
 import keras
@@ -112,5 +113,18 @@ def load_inference_model(path: str, config: Optional[ExperimentConfig] = None) -
     try:
         model.load_weights(checkpoint)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name and cause
-        raise CheckpointError(f"{checkpoint}: weights do not fit the configured model ({exc})") from exc
+        raise CheckpointError(f"{checkpoint}: weights do not fit the configured model ({_load_error(exc)})") from exc
     return model, config
+
+
+def _load_error(exc: Exception) -> str:
+    """Keras' load_weights error in one line: its first sentence and the first variable that
+    does not fit (Keras prints the variable's whole value, hundreds of lines)."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    first = first.split(" Example error message")[0]
+    shapes = re.search(r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\))", text)
+    path = re.search(r"<Variable path=([^,\s]+)", text)
+    if shapes and path:
+        return f"{first} e.g. {path.group(1)} is {shapes.group(1)} in the model, {shapes.group(2)} in the file"
+    return first if len(first) <= 300 else first[:297] + "..."

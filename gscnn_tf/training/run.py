@@ -28,8 +28,11 @@ from gscnn_tf.training.checkpoints import (
     CONFIG_NAME,
     FINAL_MODEL,
     LAST_WEIGHTS,
+    CheckpointError,
+    find_run_config,
     load_inference_model,
     non_finite_weights,
+    resolve_checkpoint,
 )
 from gscnn_tf.training.distribute import make_strategy, resolve_jit_compile
 from gscnn_tf.training.errors import TrainingError, TrainingFailed, writing
@@ -181,6 +184,69 @@ def _discard_run(model_dir: str) -> None:
         log.info("--fresh: removed %s from %s", ", ".join(removed), model_dir)
 
 
+def _check_init_source(init: str, model_dir: str, resolve: bool = True) -> Optional[str]:
+    """``train.init_checkpoint`` -> the weights file it means; refuses one this run would write.
+
+    The source is only read: a run directory (its best, else last weights, else
+    model.keras) or a ``.weights.h5``/``.keras`` file, which must not lie inside
+    ``model_dir`` (training there would overwrite it, ``--fresh`` delete it). With
+    ``resolve=False`` (a resumed run, which does not read it) only that is checked.
+    """
+    run_dir = os.path.realpath(model_dir)
+
+    def refuse_inside(path):
+        if os.path.commonpath([os.path.realpath(path), run_dir]) == run_dir:
+            raise TrainingError(
+                f"train.init_checkpoint {init} is inside the run directory {model_dir} that this training writes; "
+                "fine-tune into a new run directory: --model-dir NEW (or --set train.model_dir=NEW)"
+            )
+
+    refuse_inside(init)
+    if not resolve:
+        return None
+    try:
+        path = resolve_checkpoint(init)
+    except CheckpointError as exc:
+        raise TrainingError(f"train.init_checkpoint: {exc}") from None
+    refuse_inside(path)
+    return path
+
+
+def _init_weights(cfg: ExperimentConfig, path: str) -> list:
+    """The weights of the checkpoint ``path`` (see :func:`_check_init_source`), as NumPy arrays.
+
+    The source is built with its own run's config.yaml where it has one (else with ``cfg``),
+    so its file loads as it was written; whether its weights fit ``cfg``'s model is checked
+    by :func:`_set_init_weights`. Differences of the two model configs are logged.
+    """
+    source_config = find_run_config(path)
+    saved = load_config(source_config) if source_config else None
+    try:
+        source, saved_cfg = load_inference_model(path, saved if saved is not None else cfg)
+    except (CheckpointError, ConfigError, OSError) as exc:
+        raise TrainingError(f"train.init_checkpoint: {exc}") from None
+    diffs = [d for d in _differences(config_to_dict(saved_cfg)["model"], config_to_dict(cfg)["model"])]
+    if diffs:
+        log.warning("fine-tuning from %s, whose model config differs from this one: %s", path,
+                    ", ".join(f"model.{k}: {o!r} -> {n!r}" for k, o, n in diffs))
+    return source.get_weights()
+
+
+def _set_init_weights(model, weights: list, path: str) -> None:
+    """Puts ``weights`` into ``model``; a source of another architecture is one line naming ``path``."""
+    mine = model.weights
+    problem = None
+    if len(weights) != len(mine):
+        problem = f"{len(weights)} weights in the file, {len(mine)} in this model"
+    for variable, value in zip(mine, weights):
+        if problem is None and tuple(variable.shape) != tuple(value.shape):
+            problem = f"{variable.path} is {tuple(value.shape)} in the file, {tuple(variable.shape)} in this model"
+    if problem:
+        raise TrainingError(f"{path}: its weights do not fit this model ({problem}); the fine-tuning config's "
+                            "model.* must describe the network that wrote them")
+    model.set_weights(weights)
+
+
 def _remove_stale_temporaries(model_dir: str) -> None:
     """Temp files/directories of killed writers (atomic writes that never got renamed)."""
     removed = []
@@ -232,6 +298,10 @@ def train(cfg: ExperimentConfig, fresh: bool = False, require_resume: bool = Fal
         allow_config_change: let a resumed run change non-model fields of its config
             (see :func:`check_config_change`).
 
+    ``train.init_checkpoint`` (a run directory, ``.weights.h5`` or ``.keras`` file outside
+    ``model_dir``) initialises a new run's model with those weights; it is only read, and
+    ignored (with a log line) when the run resumes from its backup.
+
     Raises:
         TrainingError: the run cannot start (nothing was written).
         TrainingFailed: the run stopped (diverged, disk full, corrupt data); the last
@@ -249,22 +319,35 @@ def train(cfg: ExperimentConfig, fresh: bool = False, require_resume: bool = Fal
     model_dir = tcfg.model_dir
     backup_dir = os.path.join(model_dir, cb.BACKUP_DIR)
     # Everything that can refuse the run happens before the first write.
+    backup = None if fresh else cb.read_backup(backup_dir)
+    init_path = None
+    if tcfg.init_checkpoint:
+        # Before the config check: the imported official run's config names its own directory
+        # as model_dir, and the config check's remedies (--fresh, --allow-config-change) would
+        # delete or overwrite the imported weights.
+        init_path = _check_init_source(tcfg.init_checkpoint, model_dir, resolve=backup is None)
     if not fresh:
         check_config_change(cfg, allow_config_change)
-    backup = None if fresh else cb.read_backup(backup_dir)
     if require_resume and backup is None:
         raise TrainingError(f"--resume: no backup in {backup_dir}")
     train_records, val_records = _check_data(cfg)
     steps_per_epoch = _steps_per_epoch(cfg, train_records)
     total_steps = steps_per_epoch * tcfg.epochs
     train_ds, val_ds = _build_datasets(cfg, strategy, tcfg.seed, val_records)
+    init_weights = None
+    if init_path is not None:
+        init_weights = _init_weights(cfg, init_path)
+    elif tcfg.init_checkpoint:
+        log.info("train.init_checkpoint %s is ignored: %s resumes from its backup (step %d), which holds the "
+                 "weights it started from and everything trained since", tcfg.init_checkpoint, model_dir,
+                 backup["global_step"])
 
     with strategy.scope():
         model = GatedSCNN(cfg.model, cfg.loss)
-        if tcfg.init_checkpoint and backup is None:
-            log.info("fine-tuning from %s", tcfg.init_checkpoint)
-            source, _ = load_inference_model(tcfg.init_checkpoint, cfg)
-            model.set_weights(source.get_weights())
+        if init_weights is not None:
+            _set_init_weights(model, init_weights, init_path)
+            log.info("fine-tuning from %s (%s)", init_path, tcfg.init_checkpoint)
+            del init_weights
         model.compile(optimizer=build_optimizer(tcfg, total_steps), seed=tcfg.seed,
                       jit_compile=resolve_jit_compile(tcfg, strategy))
         model.optimizer.build(model.trainable_variables)  # before restoring its state

@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train_keras.py",
         description="Train Gated-SCNN (or the DeepLabV3+ baseline) with keras model.fit. "
-        "A run directory that holds a backup is resumed at the exact step it stopped at. "
+        "A run directory that holds a backup is resumed at the exact step it stopped at. Progress goes to stdout: "
+        "Keras' bar on a terminal, one line per epoch (epoch, seconds, metrics) when stdout is a file or a pipe. "
         "Exit status: 0 done, 2 the run could not start (bad flags, data or config change; nothing written), "
         "1 the run stopped (diverged, disk full, corrupt data; the last backup and checkpoints are intact).",
         epilog=EXAMPLES,
@@ -100,7 +101,9 @@ def main(argv=None) -> int:
     logging.getLogger("gscnn_tf").info("training %s (%s, OS%d) -> %s", "Gated-SCNN" if cfg.model.shape_stream else "DeepLabV3+",
                                        cfg.model.backbone, cfg.model.output_stride, cfg.train.model_dir)
     try:
-        summary = train(cfg, fresh=args.fresh, require_resume=args.resume, allow_config_change=args.allow_config_change)
+        # stdout: Keras' progress bar on a terminal, one line per epoch in a log file or pipe, nothing with --quiet.
+        summary = train(cfg, fresh=args.fresh, require_resume=args.resume, allow_config_change=args.allow_config_change,
+                        progress="off" if args.quiet else "auto")
     except (TrainingError, FileNotFoundError, ValueError) as exc:
         if args.log_level == "DEBUG":
             raise  # the full traceback, for bug reports

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from typing import Optional
 
@@ -287,8 +288,11 @@ def _naming_bad_data(cfg: ExperimentConfig):
         raise TrainingFailed(message) from None
 
 
+PROGRESS_MODES = ("auto", "bar", "lines", "off")
+
+
 def train(cfg: ExperimentConfig, fresh: bool = False, require_resume: bool = False,
-          allow_config_change: bool = False) -> dict:
+          allow_config_change: bool = False, progress: str = "auto") -> dict:
     """Runs (or resumes) training as configured; returns a summary dict (also saved as JSON).
 
     Args:
@@ -297,6 +301,9 @@ def train(cfg: ExperimentConfig, fresh: bool = False, require_resume: bool = Fal
         require_resume: fail unless a backup exists (the CLI's ``--resume``).
         allow_config_change: let a resumed run change non-model fields of its config
             (see :func:`check_config_change`).
+        progress: what goes to stdout while training: "bar" (Keras' progress bar, for a
+            terminal), "lines" (one plain line per epoch: epoch, seconds, metrics; for log
+            files), "off", or "auto": "bar" when stdout is a terminal, else "lines".
 
     ``train.init_checkpoint`` (a run directory, ``.weights.h5`` or ``.keras`` file outside
     ``model_dir``) initialises a new run's model with those weights; it is only read, and
@@ -309,6 +316,10 @@ def train(cfg: ExperimentConfig, fresh: bool = False, require_resume: bool = Fal
     """
     from gscnn_tf.model import GatedSCNN
 
+    if progress not in PROGRESS_MODES:
+        raise ValueError(f"progress={progress!r}: expected one of {', '.join(PROGRESS_MODES)}")
+    if progress == "auto":
+        progress = "bar" if sys.stdout.isatty() else "lines"
     tcfg = cfg.train
     strategy = make_strategy(tcfg)  # first: may split the CPU into logical devices
     if tcfg.seed is not None:
@@ -390,12 +401,15 @@ def train(cfg: ExperimentConfig, fresh: bool = False, require_resume: bool = Fal
     callbacks = [checkpointer]
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(logs_dir, write_graph=False, update_freq="epoch", profile_batch=0))
+        if progress == "lines":
+            # Keras' bar writes ANSI colours, \b and \r (it always assumes a terminal on POSIX).
+            callbacks.append(cb.EpochLines(tcfg.epochs))
 
     fit_kwargs = dict(
         validation_data=val_ds, validation_steps=tcfg.validation_steps, validation_freq=tcfg.validation_freq,
         callbacks=callbacks,
         shuffle=False,  # the tf.data pipeline shuffles; Keras would warn that it ignores shuffle=True
-        verbose="auto" if chief else 0,
+        verbose=1 if chief and progress == "bar" else 0,
     )
     started = time.time()
     history: dict = {}

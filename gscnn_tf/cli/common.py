@@ -48,5 +48,21 @@ def fail(message: str, code: int = 2) -> int:
     return code
 
 
+def checkpoint_config(checkpoint: str, config_path=None, overrides=()):
+    """The experiment config for ``checkpoint``: ``--config``, else the run's config.yaml (next to
+    the checkpoint or one directory up), with the ``--set`` overrides applied on top.
+
+    None when there is neither a file nor an override (``load_inference_model`` then uses the
+    run's config.yaml or a ``.keras`` model's own). Raises ``ConfigError``.
+    """
+    from gscnn_tf.config import load_config
+    from gscnn_tf.training.checkpoints import find_run_config
+
+    path = config_path or find_run_config(checkpoint)
+    if path is None and not overrides:
+        return None
+    return load_config(path, list(overrides))
+
+
 def progress_enabled(args=None) -> bool:
     return sys.stderr.isatty() and not getattr(args, "quiet", False)

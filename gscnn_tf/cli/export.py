@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from gscnn_tf.cli.common import add_common_flags, configure_logging
+from gscnn_tf.cli.common import add_common_flags, checkpoint_config, configure_logging
 from gscnn_tf.utils.serving_limits import DEFAULT_CHUNK_PIXELS, DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_PIXELS
 
 logger = logging.getLogger("gscnn_tf.export")
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None,
                    help="experiment YAML for the model (default: the run's config.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set model.num_classes=19 (repeatable)")
+                   help="override a config value of --config, else of the run's config.yaml, e.g. "
+                   "--set model.num_classes=19 (repeatable; value parsed as YAML)")
     p.add_argument("--export-dir", required=True,
                    help="model base directory: the version is written to EXPORT_DIR/VERSION (what TF Serving's "
                    "--model_base_path points at)")
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args)
-    from gscnn_tf.config import ConfigError, load_config
+    from gscnn_tf.config import ConfigError
     from gscnn_tf.export.saved_model import ExportError, export_saved_model
     from gscnn_tf.training.checkpoints import CheckpointError, load_inference_model
 
@@ -91,7 +92,8 @@ def main(argv=None) -> int:
         for flag in ("max_pixels", "max_request_pixels", "chunk_pixels"):
             if getattr(args, flag) < 0:
                 raise ExportError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be >= 0 (0 = no limit)")
-        config = load_config(args.config, args.overrides) if (args.config or args.overrides) else None
+        # --set applies on top of --config, else of the run's config.yaml (not of the package defaults).
+        config = checkpoint_config(args.checkpoint, args.config, args.overrides)
         if args.version is not None and args.version < 1:
             raise ExportError(f"--version {args.version}: TF Serving needs a positive integer")
         model, config = load_inference_model(args.checkpoint, config)

@@ -16,11 +16,18 @@ EXAMPLES = """
 examples:
   # best checkpoint of a run, on its configured validation data, single scale
   python evaluate.py --checkpoint runs/demo
+  # the released official model's protocol: scale 1.0, no flip, no distance-based IoU (1 inference per image)
+  python evaluate.py --checkpoint runs/gscnn_wrn38_official --protocol official
   # multi-scale + flip, Cityscapes official evaluation as a cross-check
   python evaluate.py --checkpoint runs/r101/checkpoints/best.weights.h5 --scales 0.75 1.0 1.25 --flip --official-eval
   # another data location, 20 images, results in a chosen folder
   python evaluate.py --checkpoint runs/demo --set data.val_pattern='data/tfrecords/val_fine-*.tfrecord' \\
       --max-images 20 --out /tmp/eval_demo
+
+cost: the default (--protocol paper) runs the network len(scales) x (2 with --flip) times per
+image, and the distance-based IoU (--distance-mode resize) runs that again for every crop
+fraction < 1: with the default fractions 1.0 0.75 0.5 0.25, 4 inferences per image at one
+scale without flip. The start line and metrics.json (inferences_per_image) give the count.
 
 outputs (in --out): metrics.json (everything, incl. the confusion matrix), metrics.md
 (summary and per-class tables; also printed), and with --save-predictions/--official-eval
@@ -48,9 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inference scales, probabilities averaged (eval.scales; default from config, normally 1.0)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="also average the horizontally flipped image's prediction (eval.flip)")
-    p.add_argument("--distance-mode", choices=["resize", "crop", "off"], default="resize",
+    p.add_argument("--protocol", choices=PROTOCOLS, default="paper",
+                   help="paper (default): the config's scales and flip plus the distance-based IoU, which re-infers "
+                   "each crop fraction < 1 (4 network inferences per image with the default fractions, one scale, "
+                   "no flip); official: the official code's evaluation of its released model, scale 1.0, no flip, "
+                   "no distance-based IoU, 1 inference per image. --scales, --flip and --distance-mode override "
+                   "either")
+    p.add_argument("--distance-mode", choices=["resize", "crop", "off"], default=None,
                    help="distance-based evaluation: resize = crop, upsample to full size and re-infer (paper; one "
-                   "extra inference per crop fraction < 1); crop = crop the full-image prediction (cheap); off")
+                   "extra inference per crop fraction < 1, so 4 per image with the default fractions); crop = crop "
+                   "the full-image prediction (no extra inference); off (default: resize, off with --protocol "
+                   "official)")
     p.add_argument("--vanishing-point", type=float, nargs=2, metavar=("X", "Y"),
                    help="crop centre for the distance-based evaluation, as fractions of width and height "
                    "(default 0.5 0.45)")
@@ -64,6 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU threads computing the boundary F-score while the model infers (default 2)")
     add_common_flags(p)
     return p
+
+
+PROTOCOLS = ("paper", "official")
+
+
+def inferences_per_image(scales, flip: bool, distance_mode: str, crop_fractions) -> int:
+    """Network inferences per image: one per scale (two with flip) for the full image, and as
+    many again for each distance crop fraction < 1 in ``resize`` mode (the crop is re-inferred)."""
+    per_prediction = len(scales) * (2 if flip else 1)
+    recropped = sum(1 for f in crop_fractions if f < 1.0) if distance_mode == "resize" else 0
+    return per_prediction * (1 + recropped)
 
 
 def _default_out(checkpoint: str, split: str) -> str:
@@ -109,6 +135,11 @@ def main(argv=None) -> int:
         return fail(str(exc))
 
     eval_cfg = cfg.eval
+    distance_mode = args.distance_mode
+    if args.protocol == "official":
+        eval_cfg = dataclasses.replace(eval_cfg, scales=[1.0], flip=False)
+        distance_mode = distance_mode or "off"
+    distance_mode = distance_mode or "resize"
     if args.scales is not None:
         eval_cfg = dataclasses.replace(eval_cfg, scales=list(args.scales))
     if args.flip is not None:
@@ -125,13 +156,15 @@ def main(argv=None) -> int:
         dataset = build_eval_dataset(cfg.data, with_filenames=True, split=args.split)
     except (ValueError, FileNotFoundError, OSError) as exc:
         return fail(f"{args.split} data: {exc}")
-    logger.info("evaluating %s on %s (scales %s, flip %s) -> %s", args.checkpoint, args.split,
-                eval_cfg.scales, eval_cfg.flip, out_dir)
+    per_image = inferences_per_image(eval_cfg.scales, eval_cfg.flip, distance_mode, eval_cfg.distance_crop_fractions)
+    logger.info("evaluating %s on %s (%s protocol: scales %s, flip %s, distance-based IoU %s; %d network "
+                "inference%s per image) -> %s", args.checkpoint, args.split, args.protocol, eval_cfg.scales,
+                eval_cfg.flip, distance_mode, per_image, "" if per_image == 1 else "s", out_dir)
     try:
         report = evaluate(
             model, dataset, eval_cfg, num_classes=cfg.model.num_classes,
             ignore_label=cfg.data.ignore_label, max_images=args.max_images,
-            distance_mode=None if args.distance_mode == "off" else args.distance_mode,
+            distance_mode=None if distance_mode == "off" else distance_mode,
             vanishing_point=args.vanishing_point, output_dir=out_dir,
             save_predictions=args.save_predictions, progress=progress_enabled(args),
             boundary_workers=args.boundary_workers,
@@ -140,6 +173,8 @@ def main(argv=None) -> int:
         return fail(str(exc))
     report["checkpoint"] = os.path.abspath(args.checkpoint)
     report["split"] = args.split
+    report["protocol"] = args.protocol
+    report["inferences_per_image"] = per_image
     json_path, md_path = write_report(report, out_dir)
     print(markdown_report(report))
     logger.info("wrote %s and %s", json_path, md_path)

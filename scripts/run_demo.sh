@@ -4,11 +4,20 @@
 # Creates/reuses .venv. Output: demo_out/ (delete it to start afresh; reruns resume/skip work).
 # Environment knobs: DEMO_OUT (default demo_out), DEMO_TRAIN (48), DEMO_VAL (8),
 # DEMO_HEIGHT/DEMO_WIDTH (256x512), extra training overrides in DEMO_SET (e.g. "train.epochs=2").
+# Devices: TensorFlow's choice (a GPU if it finds one, else the CPU); the README's timings are
+# for 2 CPU cores. CUDA_VISIBLE_DEVICES= bash scripts/run_demo.sh runs it on the CPU only.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 py=$("$root/scripts/bootstrap_venv.sh" | tail -n 1)
 cd "$root"
-export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES-}" TF_CPP_MIN_LOG_LEVEL=2 PYTHONHASHSEED=0
+export TF_CPP_MIN_LOG_LEVEL=2 PYTHONHASHSEED=0
+if [ -z "${CUDA_VISIBLE_DEVICES+set}" ]; then
+  echo "devices: any GPU TensorFlow finds, else the CPU (CUDA_VISIBLE_DEVICES= bash $0 for the CPU only)"
+elif [ -z "$CUDA_VISIBLE_DEVICES" ]; then
+  echo "devices: the CPU only (CUDA_VISIBLE_DEVICES is empty)"
+else
+  echo "devices: GPU(s) $CUDA_VISIBLE_DEVICES (CUDA_VISIBLE_DEVICES), else the CPU"
+fi
 out=${DEMO_OUT:-demo_out}
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -43,6 +52,6 @@ step "6/6 predict with the SavedModel on the validation images -> $out/predictio
 
 step "done"
 echo "metrics:      $out/eval/metrics.md"
-echo "SavedModel:   $out/export/1   (serve: see README, 'Serving with TF Serving')"
+echo "SavedModel:   $out/export/1   (serve it with TF Serving: docs/SERVING.md)"
 echo "predictions:  $out/predictions"
 echo "TensorBoard:  tensorboard --logdir $out/run/logs"

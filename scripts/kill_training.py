@@ -32,7 +32,7 @@ def _start(args):
 
 def check(run: str) -> dict:
     """The run directory's consistency after the final run (raises AssertionError)."""
-    from gscnn_tf.training.checkpoints import all_weights_finite, load_inference_model
+    from gscnn_tf.training.checkpoints import load_inference_model, non_finite_weights
 
     with open(os.path.join(run, "train_summary.json")) as f:
         summary = json.load(f)
@@ -46,7 +46,7 @@ def check(run: str) -> dict:
     assert abs(best["value"] - best_csv) < 1e-9, (best, best_csv)
     for name in ("checkpoints/best.weights.h5", "checkpoints/last.weights.h5", "model.keras"):
         model, _ = load_inference_model(os.path.join(run, name))
-        assert all_weights_finite(model), name
+        assert not non_finite_weights(model), name
     temps = [os.path.join(r, n) for r, ds, fs in os.walk(run) for n in ds + fs if ".tmp" in n]
     assert not temps, temps
     return {"global_step": summary["global_step"], "csv_rows": len(rows), "best_val_miou": best["value"],

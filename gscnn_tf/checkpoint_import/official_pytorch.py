@@ -28,7 +28,6 @@ from gscnn_tf.checkpoint_import.official_layout import is_unused_key
 DATA_PARALLEL_PREFIX = "module."
 # Scale of the official Canny map (cv2.Canny returns 0/255) relative to CannyEdges' 0/1.
 OFFICIAL_CANNY_SCALE = 255.0
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".npz")
 
 
 class OfficialCheckpointError(ValueError):

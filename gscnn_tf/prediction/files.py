@@ -27,7 +27,6 @@ from gscnn_tf.prediction import visualize
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-OUTPUT_SUFFIXES = ("_seg.png", "_overlay.png", "_edges.png", "_labelIds.png")
 DEFAULT_MAX_FILE_BYTES = 64 * 2**20  # an image file larger than this is refused unread
 
 

@@ -34,6 +34,8 @@ def non_finite_weights(model, extra_variables=()) -> list:
     optimizer's) that hold a NaN or an infinity; empty when all are finite.
 
     Reduced on the variables' own device, so only one boolean per variable is copied.
+    Training checks the model and optimizer before every backup and checkpoint write and
+    the model before ``model.keras``; export refuses a model for which it is not empty.
     """
     bad = []
     for variable in list(model.weights) + list(extra_variables):
@@ -42,15 +44,6 @@ def non_finite_weights(model, extra_variables=()) -> list:
         if not bool(keras.ops.all(keras.ops.isfinite(variable))):
             bad.append(getattr(variable, "path", None) or variable.name)
     return bad
-
-
-def all_weights_finite(model, extra_variables=()) -> bool:
-    """True when every floating-point weight of ``model`` is finite (see :func:`non_finite_weights`).
-
-    Training calls it before every checkpoint, backup and ``model.keras`` write, so a
-    diverged run never replaces a good file with NaNs; export refuses such weights too.
-    """
-    return not non_finite_weights(model, extra_variables)
 
 
 def resolve_checkpoint(path: str) -> str:

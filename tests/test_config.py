@@ -1,6 +1,10 @@
+import os
+
 import pytest
 
 from gscnn_tf.config import ConfigError, ExperimentConfig, load_config, save_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_defaults_are_the_paper_recipe():
@@ -77,3 +81,12 @@ def test_typed_fields_keep_their_accepted_forms():
     assert cfg.model.sync_batchnorm == "auto" and cfg.eval.boundary_tolerances_px == [2, 4.5]
     with pytest.raises(ConfigError, match="override 'train.epochs=0': train.epochs: must be >= 1"):
         load_config(None, ["train.epochs=0"])
+
+
+def test_official_config_fine_tunes_into_its_own_directory_from_the_import():
+    """Trap: the recipe used to train in the directory the import had just written, so training was
+    refused and the suggested --fresh deleted the imported weights."""
+    cfg = load_config(os.path.join(REPO, "configs", "cityscapes_wrn38_official.yaml"))
+    source, target = os.path.normpath(cfg.train.init_checkpoint), os.path.normpath(cfg.train.model_dir)
+    assert source == os.path.normpath("runs/gscnn_wrn38_official")  # import_official_checkpoint.py's --out in the docs
+    assert os.path.commonpath([source, target]) not in (source, target)  # neither inside the other

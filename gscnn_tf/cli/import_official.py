@@ -84,6 +84,7 @@ def main(argv=None) -> int:
     if cfg.model.backbone != "wrn38" or not cfg.model.official_compat:
         return fail(f"{args.config}: the official weights need model.backbone=wrn38 and model.official_compat=true")
     cfg.train.model_dir = args.out
+    cfg.train.init_checkpoint = None  # the run holds the imported weights; a fine-tune's config points here
 
     start = time.time()
     try:

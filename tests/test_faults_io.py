@@ -179,11 +179,55 @@ def test_killed_parallel_conversion_leaves_no_orphan_workers(cs_src, tmp_path, s
     for p in orphans:  # do not leave them running if the test fails
         os.kill(p, signal.SIGKILL)
     assert orphans == []
+    if sig == signal.SIGTERM:  # a stop, not a kill: the converter cleans up after itself
+        assert proc.returncode == 128 + signal.SIGTERM
+        assert [n for n in os.listdir(out) if ".tmp" in n] == []
     # The next run starts cleanly (the dead run's lock is gone) and completes.
     res = subprocess.run([sys.executable, "-m", "tfrecords_tools.convert_cityscapes", "cityscapes", "--root", cs_src,
                           "--out", out, "--splits", "train", "--num-shards", "3", "--quiet"], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
+    assert verify(out)["train"]["num_shards"] == 3
+
+
+SLOW_CONVERT = """
+import sys, time
+from gscnn_tf.data import shards
+encode = shards.encode_sample
+def slow(*args):  # half a second per image: the stop lands while shards are being written
+    time.sleep(0.5)
+    return encode(*args)
+shards.encode_sample = slow
+from tfrecords_tools.convert_cityscapes import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stopped_conversion_says_so_in_one_line_and_leaves_no_partial_file(cs_src, tmp_path, sig):
+    out = str(tmp_path / "out")
+    argv = ["cityscapes", "--root", cs_src, "--out", out, "--splits", "train", "--num-shards", "3", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_CONVERT] + argv, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not glob.glob(os.path.join(out, ".*.tfrecord.json")):  # a first sidecar
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    assert err.strip().splitlines() == [
+        f"gscnn-convert: stopped by {signal.Signals(sig).name}: complete shards were kept and no partial file "
+        "is left; rerun the same command to resume"]
+    left = sorted(os.listdir(out))
+    assert [n for n in left if ".tmp" in n] == [] and "train_manifest.json" not in left
+    kept = sorted(glob.glob(os.path.join(out, "*.tfrecord")))
+    assert 1 <= len(kept) < 3  # stopped part way
+    for shard in kept:  # every shard training could read is complete
+        assert json.load(open(shards.sidecar_path(shard)))["sha256"] == _digest(shard)
+    res = subprocess.run([sys.executable, "-m", "tfrecords_tools.convert_cityscapes"] + argv[:-1], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count("is complete, skipping") == len(kept)  # the rerun resumed
     assert verify(out)["train"]["num_shards"] == 3
 
 

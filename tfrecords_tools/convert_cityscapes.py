@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from gscnn_tf.cli.common import add_common_flags, configure_logging
@@ -69,8 +70,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stop_on_sigterm(signum, frame):
+    from gscnn_tf.data.cityscapes import ConversionStopped
+
+    raise ConversionStopped("SIGTERM")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM (kill, systemd, a scheduler) stops like Ctrl-C instead of ending the process at once.
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     # Worker processes import TensorFlow themselves (quietly); the parent only when it writes.
     configure_logging(args, tensorflow=args.command == "verify" or args.workers <= 1)
     from gscnn_tf.data import convert, label_maps
@@ -109,10 +125,11 @@ def main(argv=None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"{PROG}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; complete shards were kept, rerun the same command to resume",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (ConversionStopped)
+        name = getattr(e, "signal_name", "SIGINT")
+        print(f"{PROG}: stopped by {name}: complete shards were kept and no partial file is left; "
+              "rerun the same command to resume", file=sys.stderr)
+        return 128 + int(getattr(signal, name))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,16 @@ class ConversionError(Exception):
     """A user-facing problem with the input or output (message names the file)."""
 
 
+class ConversionStopped(KeyboardInterrupt):
+    """A stop request (SIGTERM) during a conversion: raised by the converter's signal handler so that
+    it unwinds like Ctrl-C (KeyboardInterrupt): shards being written finish, pending ones are
+    dropped, temporaries are removed."""
+
+    def __init__(self, signal_name: str = "SIGTERM"):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
 def require_pairs(images: dict, labels: dict, missing_label: str, missing_image: str) -> None:
     """Raises ConversionError naming the first image without a label, then the first label
     without an image (``images``/``labels``: key -> path; messages say what is missing)."""

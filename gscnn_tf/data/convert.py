@@ -202,6 +202,9 @@ def _convert_split(samples, out_dir, split, mapping, num_shards, workers, source
                 except BaseException as e:
                     for fut in futures:
                         fut.cancel()
+                    if isinstance(e, KeyboardInterrupt):
+                        running = sum(1 for fut in futures if not fut.done())
+                        log.info("%s: stopping; %d shard(s) being written will finish first", split, running)
                     cf.wait(futures)  # running shards finish (complete) or clean up their temp files
                     if isinstance(e, cf.process.BrokenProcessPool):
                         raise ConversionError(f"{out_dir}: a worker process died while writing {split} shards "

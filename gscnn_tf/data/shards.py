@@ -173,6 +173,9 @@ def _worker_init(parent_pid: int) -> None:
             libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
     if os.getppid() != parent_pid:  # the parent died before the line above ran
         os._exit(1)
+    # Ctrl-C reaches the whole process group: only the parent decides what stops (it lets the
+    # shards being written finish, so none is left half-written).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch():
         while True:

@@ -257,6 +257,7 @@ def test_an_epoch_written_twice_leaves_one_csv_row(synthetic_tfrecords, tmp_path
 # ----------------------------------------------------------------------------- config changes
 
 
+@pytest.mark.slow  # the trained_run fixture trains an epoch
 @pytest.mark.parametrize("field, value", [
     ("output_stride", 16),  # shape-compatible: the weights would load and mean another model
     ("num_classes", 5),

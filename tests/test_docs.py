@@ -115,8 +115,9 @@ SUBSTITUTIONS = [
      lambda c, r: _append_args(c, "--backbone mobilenetv2 --cases train-gscnn-float32 infer-gscnn-float32 "
                                   "--train-size 64 64 --infer-size 64 128 --steps 1"),
      "two cases of a small model at small sizes"),
-    ("docs/BENCHMARKS.md", "bash", r"bench_serving_memory\.py (--config \S+ )?--sizes", lambda c, r: re.sub(
-        r"--sizes .*", "--sizes 64x128 --batch 2x64x64 --mixed 2x64x64", c), "small requests"),
+    ("docs/BENCHMARKS.md", "bash", r"bench_serving_memory\.py .*--sizes", lambda c, r: re.sub(
+        r"(--sizes|--batch|--mixed)((?: \d+x\d+(?:x\d+)?)+)", lambda m: m.group(1) + (" 64x128" if m.group(1) == "--sizes"
+                                                                                 else " 2x64x64"), c), "small requests"),
     ("docs/BENCHMARKS.md", "bash", r"bench_serving_memory\.py --bombs", lambda c, r: _append_args(
         c, "--sizes --batch --mixed"), "only the bombs"),
 ]

@@ -289,10 +289,11 @@ class RunCheckpointer(keras.callbacks.Callback):
                 raise self._diverged(f"{key} is {values[key]} at the end of epoch {epoch + 1}", step)
         value = values.get(self.monitor)
         improved = value is not None and math.isfinite(value) and (self.best["value"] is None or value > self.best["value"])
-        if improved:
+        if improved and self.write:  # other workers of a multi-worker run write nothing: they say nothing
             log.info("epoch %d: %s improved %s -> %.4f, saving %s", epoch + 1, self.monitor,
                      "none" if self.best["value"] is None else f"{self.best['value']:.4f}", value,
                      os.path.join(self.model_dir, BEST_WEIGHTS))
+        if improved:
             self.best = {"monitor": self.monitor, "value": value, "epoch": epoch + 1, "global_step": step}
         meta = self._backup(step, {"epoch": epoch, "logs": values, "best_improved": bool(improved)})
         if self.write:

@@ -266,7 +266,7 @@ def test_cli_interrupt_exits_nonzero_and_keeps_only_complete_shards(root, tmp_pa
     out = str(tmp_path / "out")
     real = interrupt_encoding_at(monkeypatch, 3)  # first record of the second shard (2 train images per shard)
     rc, err = run_cli(["cityscapes", "--root", root, "--out", out, "--splits", "train", "--num-shards", "2"], capsys)
-    assert rc == 130 and "interrupted" in err and "rerun" in err
+    assert rc == 130 and "stopped by SIGINT" in err and "rerun" in err
     assert shard_files(out) == ["train_fine-00000-of-00002.tfrecord"] and leftovers(out) == []
     rerun = []
 

@@ -64,7 +64,7 @@ def test_missing_and_malformed_files(tmp_path):
         ("data: {crop_size: [64, 64.5]}", r"data.crop_size\[1\]", "expected an integer"),
         ("data: {min_scale: 2.0, max_scale: 1.0}", "data.min_scale/max_scale", "min_scale <= max_scale"),
         ("eval: {scales: []}", "eval.scales", "non-empty"),
-        ("loss: {ignore_label: 300}", "loss.ignore_label", "0..255"),
+        ("dataset: {ignore_label: 300}", "dataset.ignore_label", "0..255"),
     ],
 )
 def test_bad_values_in_a_file_name_the_file_and_the_field(tmp_path, yaml_text, field, message):

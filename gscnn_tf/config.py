@@ -306,7 +306,9 @@ def _move_legacy_ignore_label(data: dict) -> dict:
         found["dataset.ignore_label"] = dataset["ignore_label"]
     if len(set(map(repr, found.values()))) > 1:
         raise ConfigError(f"{' and '.join(found)} disagree ({found}); the ignore label is dataset.ignore_label")
-    dataset["ignore_label"] = next(iter(found.values()))
+    dataset["ignore_label"] = ignore = next(iter(found.values()))
+    if "label_map" not in dataset and ignore != _labels.IGNORE_LABEL:  # Cityscapes' map, voids to this label
+        dataset["label_map"] = {s: ignore if t == _labels.IGNORE_LABEL else t for s, t in _labels.label_map().items()}
     data["dataset"] = dataset
     return data
 

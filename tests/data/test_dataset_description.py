@@ -143,6 +143,8 @@ def test_old_saved_model_and_loss_configs_keep_their_ignore_label():
                                    "loss_config": {"edge_weight": 5.0, "ignore_label": 200}})
     assert model.dataset_config.ignore_label == 200 and model.loss_config.edge_weight == 5.0
     assert model.get_config()["dataset_config"]["ignore_label"] == 200
+    # .keras files hold the config as JSON: label_map's keys come back as strings.
+    assert GatedSCNN.from_config(json.loads(json.dumps(model.get_config()))).dataset_config == model.dataset_config
     loss = GSCNNLoss.from_config({"loss_config": {"ignore_label": 200}, "use_edge_terms": True})
     assert loss.ignore_label == 200 and loss.seg_loss.ignore_label == 200
     assert GSCNNLoss.from_config(loss.get_config()).ignore_label == 200

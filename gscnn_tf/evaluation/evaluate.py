@@ -223,8 +223,9 @@ def evaluate(
         raise ValueError("evaluation dataset is empty")
     seconds = time.time() - start
 
+    names, categories = (dataset_config.class_names, dataset_config.categories) if described else (None, None)
     report = metrics_report(n, num_classes, predictor.scales, predictor.flip, total, boundary, distance,
-                            *((dataset_config.class_names, dataset_config.categories) if described else ()))
+                            names, categories)
     if official:
         try:
             report["official"] = run_official_evaluation(pred_paths, gt_paths)

@@ -19,11 +19,11 @@ import dataclasses
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, List, Literal, Optional, Union
+from typing import Any, Dict, List, Literal, Optional, Union
 
 import yaml
 
-from gscnn_tf.data.labels import IGNORE_LABEL
+from gscnn_tf.data import labels as _labels
 from gscnn_tf.utils.atomic import atomic_write_text
 
 
@@ -70,7 +70,6 @@ class LossConfig:
     gumbel_noise: bool = True  # False: deterministic straight-through softmax (tests, ablations)
     dual_task_sigma: float = 1.0  # Gaussian smoothing before the spatial gradient
     boundary_radius: float = 2.0  # GT boundary: pixels within this distance of a class border
-    ignore_label: int = IGNORE_LABEL
 
 
 @dataclass
@@ -93,7 +92,29 @@ class DataConfig:
     deterministic: bool = False
     # Evaluation images are used at full size unless eval_scale != 1 (e.g. 0.5 for quick checks).
     eval_scale: float = 1.0
-    ignore_label: int = IGNORE_LABEL
+
+
+@dataclass
+class DatasetConfig:
+    """What the labels mean (defaults: Cityscapes, from :mod:`gscnn_tf.data.labels`).
+
+    Train ids are 0..K-1 (K = ``len(class_names)`` = ``model.num_classes``) plus
+    ``ignore_label`` for unlabelled pixels. ``label_map`` maps the dataset's source label
+    values (the PNGs' pixel values) to train ids; its inverse writes predictions back as
+    source ids. ``categories``: each class's category name (empty: no category mIoU). The
+    converter's ``--label-map`` file may hold this same mapping.
+    """
+
+    name: str = "cityscapes"
+    class_names: List[str] = field(default_factory=lambda: list(_labels.CLASS_NAMES))
+    class_colors: List[List[int]] = field(default_factory=lambda: _labels.CLASS_COLORS.tolist())  # RGB 0..255
+    ignore_label: int = _labels.IGNORE_LABEL
+    label_map: Dict[int, int] = field(default_factory=_labels.label_map)  # source value -> train id
+    categories: List[str] = field(default_factory=lambda: list(_labels.CLASS_CATEGORIES))
+
+    def source_id_lut(self):
+        """256-entry uint8 table train id -> source label value (inverse of ``label_map``)."""
+        return _labels.source_id_lut(self.label_map, self.ignore_label)
 
 
 @dataclass
@@ -140,6 +161,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -156,6 +178,8 @@ def _describe(annotation: Any) -> str:
         return " or ".join(repr(a) for a in args)
     if origin is list:
         return f"a list of {_describe(args[0]) if args else 'values'}"
+    if origin is dict:
+        return f"a mapping {_describe(args[0])} -> {_describe(args[1])}"
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
             type(None): "null"}.get(annotation, str(annotation))
 
@@ -188,6 +212,11 @@ def _coerce(value: Any, annotation: Any, where: str, in_list: bool = False) -> A
         if not args:
             return value
         return [_coerce(v, args[0], f"{where}[{i}]", in_list=True) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected {_describe(annotation)}, got {value!r}")
+        return {_coerce(_int_key(k), args[0], f"{where} key {k!r}"): _coerce(v, args[1], f"{where}[{k!r}]")
+                for k, v in value.items()}
     if annotation is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true/false, got {value!r}")
@@ -205,6 +234,11 @@ def _coerce(value: Any, annotation: Any, where: str, in_list: bool = False) -> A
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
     raise TypeError(f"{where}: config field type {annotation!r} has no check; add one to _coerce")
+
+
+def _int_key(key: Any) -> Any:
+    """A mapping key as written by JSON (``"7"``) back to an int; other keys unchanged."""
+    return int(key) if isinstance(key, str) and key.strip().lstrip("-").isdigit() else key
 
 
 def _from_dict(cls: type, data: dict, where: str) -> Any:
@@ -256,18 +290,65 @@ def parse_override(text: str) -> dict:
     return nested
 
 
+def _move_legacy_ignore_label(data: dict) -> dict:
+    """Config files of earlier versions set ``loss.ignore_label`` and ``data.ignore_label``:
+    both move to ``dataset.ignore_label``; they must agree with each other and with it."""
+    found = {}
+    data = dict(data)
+    for section in ("loss", "data"):
+        if isinstance(data.get(section), dict) and "ignore_label" in data[section]:
+            data[section] = dict(data[section])
+            found[f"{section}.ignore_label"] = data[section].pop("ignore_label")
+    if not found:
+        return data
+    dataset = dict(data.get("dataset") or {})
+    if "ignore_label" in dataset:
+        found["dataset.ignore_label"] = dataset["ignore_label"]
+    if len(set(map(repr, found.values()))) > 1:
+        raise ConfigError(f"{' and '.join(found)} disagree ({found}); the ignore label is dataset.ignore_label")
+    dataset["ignore_label"] = ignore = next(iter(found.values()))
+    if "label_map" not in dataset and ignore != _labels.IGNORE_LABEL:  # Cityscapes' map, voids to this label
+        dataset["label_map"] = {s: ignore if t == _labels.IGNORE_LABEL else t for s, t in _labels.label_map().items()}
+    data["dataset"] = dataset
+    return data
+
+
 def _check(ok: bool, where: str, requirement: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{where}: must be {requirement}, got {value!r}")
 
 
-def validate_config(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Range checks that types cannot express; raises :class:`ConfigError` naming the field."""
+def _validate_dataset(ds: DatasetConfig) -> None:
+    """The dataset description is consistent in itself (K = ``len(class_names)`` classes)."""
+    k, ignore = len(ds.class_names), ds.ignore_label
+    _check(k >= 1, "dataset.class_names", "a non-empty list", ds.class_names)
+    _check(0 <= ignore <= 255, "dataset.ignore_label", "in 0..255 (labels are 8-bit PNGs)", ignore)
+    _check(ignore >= k, "dataset.ignore_label", f"not a train id (>= {k}, the number of classes)", ignore)
+    _check(len(ds.class_colors) == k, "dataset.class_colors", f"one colour per class ({k})", ds.class_colors)
+    for i, rgb in enumerate(ds.class_colors):
+        _check(len(rgb) == 3 and all(0 <= c <= 255 for c in rgb), f"dataset.class_colors[{i}]",
+               "[r, g, b] in 0..255", rgb)
+    _check(not ds.categories or len(ds.categories) == k, "dataset.categories",
+           f"empty or one category per class ({k})", ds.categories)
+    for source, train_id in ds.label_map.items():
+        _check(0 <= source <= 255, f"dataset.label_map[{source}]", "a source value in 0..255", source)
+        _check(0 <= train_id < k or train_id == ignore, f"dataset.label_map[{source}]",
+               f"a train id in 0..{k - 1} or the ignore label {ignore}", train_id)
+
+
+def validate_config(cfg: ExperimentConfig, check_num_classes: bool = True) -> ExperimentConfig:
+    """Range checks that types cannot express; raises :class:`ConfigError` naming the field.
+
+    ``check_num_classes=False`` skips the check that the dataset has ``model.num_classes``
+    classes (for a model built from some of the sections).
+    """
     m, d, t, e = cfg.model, cfg.data, cfg.train, cfg.eval
     _check(m.num_classes >= 1, "model.num_classes", ">= 1", m.num_classes)
     _check(m.mobilenet_alpha > 0, "model.mobilenet_alpha", "> 0", m.mobilenet_alpha)
-    for where, label in (("loss.ignore_label", cfg.loss.ignore_label), ("data.ignore_label", d.ignore_label)):
-        _check(0 <= label <= 255, where, "in 0..255 (labels are 8-bit PNGs)", label)
+    _validate_dataset(cfg.dataset)
+    if check_num_classes:
+        _check(len(cfg.dataset.class_names) == m.num_classes, "model.num_classes",
+               f"the number of dataset.class_names ({len(cfg.dataset.class_names)})", m.num_classes)
     _check(len(d.crop_size) == 2 and min(d.crop_size) >= 1, "data.crop_size", "[height, width], both >= 1",
            d.crop_size)
     _check(0 < d.min_scale <= d.max_scale, "data.min_scale/max_scale", "0 < min_scale <= max_scale",
@@ -296,9 +377,12 @@ def validate_config(cfg: ExperimentConfig) -> ExperimentConfig:
     return cfg
 
 
-def config_from_dict(data: dict) -> ExperimentConfig:
-    """An :class:`ExperimentConfig` from nested dicts, type- and range-checked."""
-    return validate_config(_from_dict(ExperimentConfig, data, ""))
+def config_from_dict(data: dict, check_num_classes: bool = True) -> ExperimentConfig:
+    """An :class:`ExperimentConfig` from nested dicts, type- and range-checked (legacy
+    ``loss.ignore_label`` / ``data.ignore_label`` move to ``dataset.ignore_label``)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping, got {data!r}")
+    return validate_config(_from_dict(ExperimentConfig, _move_legacy_ignore_label(data), ""), check_num_classes)
 
 
 def load_config(path: Optional[str] = None, overrides: Optional[list] = None) -> ExperimentConfig:

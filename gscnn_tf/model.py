@@ -35,7 +35,7 @@ import keras
 from keras import ops
 
 from gscnn_tf.backbones import build_backbone, normalization_for
-from gscnn_tf.config import LossConfig, ModelConfig, config_from_dict, load_config
+from gscnn_tf.config import DatasetConfig, LossConfig, ModelConfig, config_from_dict, load_config
 from gscnn_tf.layers.aspp import ShapeAwareASPP, atrous_rates_for
 from gscnn_tf.layers.decoder import DeepLabV3PlusDecoder
 from gscnn_tf.layers.image_preprocessing import RGBImageNormalization
@@ -127,14 +127,20 @@ def _in_multi_worker_mode() -> bool:
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode()
 
 
-def _as_dataclass(value, cls, section: str):
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        value = dataclasses.asdict(value)
-    if isinstance(value, dict):
-        return getattr(config_from_dict({section: value}), section)  # a typed, validated copy
-    raise TypeError(f"{section}: expected a {cls.__name__}, a dict of its fields or None, got {type(value).__name__}")
+def _typed_sections(**sections) -> tuple:
+    """Typed, validated copies of config sections given as dataclasses, dicts or None
+    (defaults); an old ``loss`` dict's ``ignore_label`` moves to ``dataset``."""
+    data = {}
+    for section, value in sections.items():
+        if dataclasses.is_dataclass(value):
+            value = dataclasses.asdict(value)
+        if not isinstance(value, (dict, type(None))):
+            raise TypeError(f"{section}: expected a config dataclass, a dict of its fields or None, "
+                            f"got {type(value).__name__}")
+        if value is not None:
+            data[section] = value
+    cfg = config_from_dict(data, check_num_classes=False)
+    return tuple(getattr(cfg, section) for section in sections)
 
 
 @keras.saving.register_keras_serializable(package="gscnn_tf")
@@ -149,7 +155,7 @@ class GatedSCNN(keras.Model):
     - **Outputs**: dict ``seg_logits`` (B, H, W, K), ``edge`` (B, H, W, 1) edge probability
       and, with the shape stream, ``edge_logits`` (B, H, W, 1); float32.
     - **Targets** for ``fit``/``evaluate``: dict ``label`` (B, H, W) int train ids
-      (``loss_config.ignore_label`` = void) and ``boundary`` (B, H, W) float32 GT boundary
+      (``dataset_config.ignore_label`` = void) and ``boundary`` (B, H, W) float32 GT boundary
       map (``gscnn_tf.data.pipeline.boundary_targets``); the tf.data pipelines yield them.
     - ``compile()`` defaults to the paper's four-term :class:`gscnn_tf.losses.GSCNNLoss`
       (from ``loss_config``) and logs ``loss``, ``loss_seg``, ``loss_edge_bce``,
@@ -166,6 +172,8 @@ class GatedSCNN(keras.Model):
         model_config: :class:`gscnn_tf.config.ModelConfig` or a dict of its fields (None:
             the defaults, ResNet-50 at output stride 8, 19 classes).
         loss_config: :class:`gscnn_tf.config.LossConfig` or a dict (None: the paper's).
+        dataset_config: :class:`gscnn_tf.config.DatasetConfig` or a dict (None: Cityscapes):
+            its ``ignore_label`` is the loss's and the mIoU's void label.
         name: model name.
 
     Example::
@@ -182,16 +190,18 @@ class GatedSCNN(keras.Model):
         self,
         model_config: Union[ModelConfig, dict, None] = None,
         loss_config: Union[LossConfig, dict, None] = None,
+        dataset_config: Union[DatasetConfig, dict, None] = None,
         name: str = "gscnn",
         **kwargs,
     ):
-        model_config = _as_dataclass(model_config, ModelConfig, "model")
-        loss_config = _as_dataclass(loss_config, LossConfig, "loss")
+        model_config, loss_config, dataset_config = _typed_sections(
+            model=model_config, loss=loss_config, dataset=dataset_config)
         images = keras.Input(shape=(None, None, 3), dtype="float32", name=INPUT_NAME)
         outputs = _network_outputs(images, model_config)
         super().__init__(inputs=images, outputs=outputs, name=name, **kwargs)
         self.model_config = model_config
         self.loss_config = loss_config
+        self.dataset_config = dataset_config
         # Created by compile(): an uncompiled model saves exactly its layers' weights.
         self._gscnn_loss = None
         self._compile_extras = {}
@@ -203,7 +213,7 @@ class GatedSCNN(keras.Model):
     def from_yaml(cls, path: str, overrides: Optional[list] = None, **kwargs) -> "GatedSCNN":
         """The model of an experiment YAML (``configs/*.yaml``; ``overrides`` as ``--set``)."""
         cfg = load_config(path, overrides)
-        return cls(cfg.model, cfg.loss, **kwargs)
+        return cls(cfg.model, cfg.loss, cfg.dataset, **kwargs)
 
     @property
     def pixel_mean(self) -> tuple:
@@ -227,7 +237,8 @@ class GatedSCNN(keras.Model):
         if optimizer == "auto":
             optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
         if loss in ("auto", None):
-            loss = GSCNNLoss(self.loss_config, use_edge_terms=self.model_config.shape_stream,
+            loss = GSCNNLoss(self.loss_config, ignore_label=self.dataset_config.ignore_label,
+                             use_edge_terms=self.model_config.shape_stream,
                              dual_task_seed=seed, dual_task_gumbel_noise=self.loss_config.gumbel_noise)
         elif not isinstance(loss, GSCNNLoss):
             raise TypeError(f"loss must be 'auto' or a GSCNNLoss, got {type(loss).__name__}")
@@ -238,7 +249,8 @@ class GatedSCNN(keras.Model):
         self._term_trackers = {name: keras.metrics.Mean(name=f"loss_{name}") for name in TERM_NAMES}
         # Reported as "loss" in place of Keras' own tracker, which sees one replica's share.
         self._total_tracker = keras.metrics.Mean(name="loss")
-        self._miou = StreamingMeanIoU(num_classes=self.model_config.num_classes, name="miou")
+        self._miou = StreamingMeanIoU(num_classes=self.model_config.num_classes,
+                                      ignore_label=self.dataset_config.ignore_label, name="miou")
         super().compile(optimizer=optimizer, **kwargs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -315,6 +327,7 @@ class GatedSCNN(keras.Model):
         return {
             "model_config": dataclasses.asdict(self.model_config),
             "loss_config": dataclasses.asdict(self.loss_config),
+            "dataset_config": dataclasses.asdict(self.dataset_config),
             "name": self.name,
         }
 

@@ -3,8 +3,9 @@
 
 Sends one image to ``POST {server}/v1/models/{model}[/versions/{v}]:predict`` as
 ``{"signature_name": "serving_default", "instances": [{"b64": "<base64 image file>"}]}``
-and writes the predicted class map as a Cityscapes-coloured PNG (and optionally the edge
-map). Example::
+and writes the predicted class map as a PNG in the dataset's class colours, read from the
+export's ``assets/labels.json`` (``--labels``; Cityscapes' without it), and optionally the edge
+map. Example::
 
     python scripts/serving_client.py --server http://localhost:8501 --model gscnn \\
         --image street.png --output street_seg.png --edges street_edges.png

@@ -64,7 +64,7 @@ def test_missing_and_malformed_files(tmp_path):
         ("data: {crop_size: [64, 64.5]}", r"data.crop_size\[1\]", "expected an integer"),
         ("data: {min_scale: 2.0, max_scale: 1.0}", "data.min_scale/max_scale", "min_scale <= max_scale"),
         ("eval: {scales: []}", "eval.scales", "non-empty"),
-        ("loss: {ignore_label: 300}", "loss.ignore_label", "0..255"),
+        ("dataset: {ignore_label: 300}", "dataset.ignore_label", "0..255"),
     ],
 )
 def test_bad_values_in_a_file_name_the_file_and_the_field(tmp_path, yaml_text, field, message):
@@ -90,3 +90,29 @@ def test_official_config_fine_tunes_into_its_own_directory_from_the_import():
     source, target = os.path.normpath(cfg.train.init_checkpoint), os.path.normpath(cfg.train.model_dir)
     assert source == os.path.normpath("runs/gscnn_wrn38_official")  # import_official_checkpoint.py's --out in the docs
     assert os.path.commonpath([source, target]) not in (source, target)  # neither inside the other
+
+
+def test_legacy_ignore_labels_move_to_the_dataset_section(tmp_path):
+    """config.yaml files of earlier versions set loss.ignore_label and data.ignore_label."""
+    old = tmp_path / "config.yaml"
+    old.write_text("model: {num_classes: 19}\nloss: {edge_weight: 20.0, ignore_label: 254}\n"
+                   "data: {crop_size: [64, 64], ignore_label: 254}\n")
+    cfg = load_config(str(old))
+    assert cfg.dataset.ignore_label == 254 and cfg.data.crop_size == [64, 64]
+    assert cfg.dataset.label_map[0] == 254 and cfg.dataset.label_map[7] == 0  # Cityscapes' voids follow it
+    assert not hasattr(cfg.loss, "ignore_label") and not hasattr(cfg.data, "ignore_label")
+    saved = tmp_path / "saved.yaml"
+    save_config(cfg, str(saved))
+    assert load_config(str(saved)) == cfg
+    old.write_text("loss: {ignore_label: 255}\ndata: {ignore_label: 254}\n")
+    with pytest.raises(ConfigError, match="config.yaml: loss.ignore_label and data.ignore_label disagree"):
+        load_config(str(old))
+
+
+def test_default_dataset_is_cityscapes():
+    from gscnn_tf.data import labels
+
+    ds = ExperimentConfig().dataset
+    assert ds.name == "cityscapes" and tuple(ds.class_names) == labels.CLASS_NAMES and ds.ignore_label == 255
+    assert ds.class_colors == labels.CLASS_COLORS.tolist() and len(set(ds.categories)) == 7
+    assert (ds.source_id_lut() == labels.train_id_to_label_id_lut()).all()

@@ -54,10 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--labels", default=None, help="directory of single-channel 8-bit label PNGs "
                    "(omit for unlabeled images)")
     f.add_argument("--label-map", default=None,
-                   help="JSON/YAML mapping raw label value -> train id (required with --labels)")
+                   help="JSON/YAML mapping raw label value -> train id, or a dataset description in the config's "
+                   "dataset: form (name, class_names, class_colors, ignore_label, label_map; recorded in the "
+                   "manifest) (required with --labels)")
     f.add_argument("--label-suffix", default="", help="label file name = image stem + this + '.png'")
     f.add_argument("--unmapped", choices=["error", "ignore"], default="error",
-                   help="label values missing from the map: fail naming the file, or map them to 255")
+                   help="label values missing from the map: fail naming the file, or map them to the ignore label "
+                   "(255 unless the map says otherwise)")
     f.add_argument("--split", default="train", help="split name used in shard and manifest names")
     _common(f)
 

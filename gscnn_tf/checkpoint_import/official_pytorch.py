@@ -342,7 +342,7 @@ def convert_official_checkpoint(path: str, config, trust: bool = False, log=None
     state_dict, meta = read_official_checkpoint(path, trust=trust)
     if log:
         log(f"read {len(state_dict)} tensors from {path}")
-    model = GatedSCNN(config.model, config.loss)
+    model = GatedSCNN(config.model, config.loss, config.dataset)
     summary = load_official_state_dict(model, state_dict, source=path)
     summary["meta"] = meta
     return model, summary

@@ -153,7 +153,8 @@ def main(argv=None) -> int:
     from gscnn_tf.evaluation.report import markdown_report, write_report
 
     try:
-        dataset = build_eval_dataset(cfg.data, with_filenames=True, split=args.split)
+        dataset = build_eval_dataset(cfg.data, with_filenames=True, split=args.split,
+                                     ignore_label=cfg.dataset.ignore_label)
     except (ValueError, FileNotFoundError, OSError) as exc:
         return fail(f"{args.split} data: {exc}")
     per_image = inferences_per_image(eval_cfg.scales, eval_cfg.flip, distance_mode, eval_cfg.distance_crop_fractions)
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
     try:
         report = evaluate(
             model, dataset, eval_cfg, num_classes=cfg.model.num_classes,
-            ignore_label=cfg.data.ignore_label, max_images=args.max_images,
+            dataset_config=cfg.dataset, max_images=args.max_images,
             distance_mode=None if distance_mode == "off" else distance_mode,
             vanishing_point=args.vanishing_point, output_dir=out_dir,
             save_predictions=args.save_predictions, progress=progress_enabled(args),

@@ -331,8 +331,9 @@ def augment(
     return pad_to_size(image, label, crop_size, pad_color, ignore_label, rng)
 
 
-def augment_from_config(image, label, data_config, seed=None) -> tuple:
-    """:func:`augment` with the fields of a :class:`gscnn_tf.config.DataConfig`."""
+def augment_from_config(image, label, data_config, seed=None, ignore_label: int = IGNORE_LABEL) -> tuple:
+    """:func:`augment` with the fields of a :class:`gscnn_tf.config.DataConfig` and the
+    dataset's ``ignore_label``."""
     return augment(
         image,
         label,
@@ -342,7 +343,7 @@ def augment_from_config(image, label, data_config, seed=None) -> tuple:
         hflip=data_config.hflip,
         color_jitter=data_config.color_jitter,
         blur_prob=data_config.blur_prob,
-        ignore_label=data_config.ignore_label,
+        ignore_label=ignore_label,
         seed=seed,
     )
 

@@ -1,4 +1,11 @@
-"""Label maps: raw label value -> train id, for Cityscapes and for user JSON/YAML maps."""
+"""Label maps: raw label value -> train id, for Cityscapes and for user JSON/YAML maps.
+
+A user map is a flat ``{raw value: train id}``, ``{"mapping": {...}, "class_names": [...]}``,
+or a whole dataset description in the config's ``dataset:`` form (``name``, ``class_names``,
+``class_colors``, ``ignore_label``, ``label_map``, ``categories``;
+:class:`gscnn_tf.config.DatasetConfig`), so one file describes a dataset for the converter
+and the experiment config alike.
+"""
 from __future__ import annotations
 
 import json
@@ -25,15 +32,23 @@ class LabelMapping:
     kind: str = "custom"
     ignore_label: int = _labels.IGNORE_LABEL
     class_names: Sequence[str] = field(default_factory=tuple)
+    class_colors: Sequence[Sequence[int]] = field(default_factory=tuple)
+    name: str = ""
 
     def describe(self) -> dict:
-        return {
+        """The manifest's ``label_mapping`` (``name`` and ``class_colors`` only when known)."""
+        out = {
             "kind": self.kind,
             "ignore_label": self.ignore_label,
             "unmapped": self.unmapped,
             "class_names": list(self.class_names),
             "mapping": {str(i): int(self.lut[i]) for i in range(256) if self.known[i]},
         }
+        if self.name:
+            out["name"] = self.name
+        if self.class_colors:
+            out["class_colors"] = [list(map(int, c)) for c in self.class_colors]
+        return out
 
     @property
     def train_ids(self) -> list:
@@ -56,7 +71,9 @@ def cityscapes_mapping() -> LabelMapping:
 def load_label_map(path: str, unmapped: str = "error") -> LabelMapping:
     """Reads a JSON or YAML mapping ``{raw value: train id}`` (train ids 0..254 or 255 = ignore).
 
-    The file may be a flat mapping or ``{"mapping": {...}, "class_names": [...]}``.
+    The file may be a flat mapping, ``{"mapping": {...}, "class_names": [...]}`` or a dataset
+    description in the config's ``dataset:`` form (then its ``ignore_label`` is the ignore
+    label, unmapped values included).
     """
     if unmapped not in ("error", "ignore"):
         raise ConversionError(f"--unmapped must be 'error' or 'ignore', got {unmapped!r}")
@@ -74,6 +91,8 @@ def load_label_map(path: str, unmapped: str = "error") -> LabelMapping:
             data = json.loads(text)
     except Exception as e:
         raise ConversionError(f"{path}: cannot parse label map ({e})") from None
+    if isinstance(data, dict) and "label_map" in data:
+        return _dataset_mapping(path, data, unmapped)
     names = ()
     if isinstance(data, dict) and "mapping" in data:
         names = tuple(data.get("class_names") or ())
@@ -91,3 +110,21 @@ def load_label_map(path: str, unmapped: str = "error") -> LabelMapping:
             raise ConversionError(f"{path}: entry {raw}: {tid} out of range 0..255")
         lut[raw], known[raw] = tid, True
     return LabelMapping(lut=lut, known=known, unmapped=unmapped, kind="custom", class_names=names)
+
+
+def _dataset_mapping(path: str, data: dict, unmapped: str) -> LabelMapping:
+    """A :class:`LabelMapping` from a file in the config's ``dataset:`` form (checked as the
+    config checks it; errors name ``path``)."""
+    from gscnn_tf.config import ConfigError, config_from_dict
+
+    try:
+        ds = config_from_dict({"dataset": data}, check_num_classes=False).dataset
+    except ConfigError as e:
+        raise ConversionError(f"{path}: {e}") from None
+    lut = np.full(256, ds.ignore_label, np.uint8)
+    known = np.zeros(256, bool)
+    for raw, train_id in ds.label_map.items():
+        lut[raw], known[raw] = train_id, True
+    return LabelMapping(lut=lut, known=known, unmapped=unmapped, kind="dataset", ignore_label=ds.ignore_label,
+                        class_names=tuple(ds.class_names), class_colors=tuple(map(tuple, ds.class_colors)),
+                        name=ds.name)

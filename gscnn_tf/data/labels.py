@@ -22,6 +22,9 @@ CLASS_COLORS: np.ndarray = np.array([l.color for l in _TRAIN], dtype=np.uint8)
 CATEGORY_NAMES: tuple = ("flat", "construction", "object", "nature", "sky", "human", "vehicle")
 CLASS_TO_CATEGORY: np.ndarray = np.array([l.categoryId - 1 for l in _TRAIN], dtype=np.int32)
 
+# Category name of each train class, in train-id order (the dataset description's ``categories``).
+CLASS_CATEGORIES: tuple = tuple(CATEGORY_NAMES[c] for c in CLASS_TO_CATEGORY)
+
 # Label ids present in *_labelIds.png files (0..33); the license plate (-1) is excluded.
 VALID_LABEL_IDS: tuple = tuple(sorted(l.id for l in _cs.labels if l.id >= 0))
 
@@ -38,11 +41,32 @@ def label_id_to_train_id_lut() -> np.ndarray:
     return lut
 
 
+def label_map() -> dict:
+    """Cityscapes label id -> train id (ignore = 255) for every id in ``*_labelIds.png`` files."""
+    lut = label_id_to_train_id_lut()
+    return {int(i): int(lut[i]) for i in VALID_LABEL_IDS}
+
+
 def train_id_to_label_id_lut() -> np.ndarray:
     """256-entry uint8 table for writing official-evaluation PNGs (ignore -> 0 'unlabeled')."""
+    return source_id_lut(label_map(), IGNORE_LABEL)
+
+
+def source_id_lut(mapping: dict, ignore_label: int) -> np.ndarray:
+    """256-entry uint8 table train id -> source label value, the inverse of ``mapping``.
+
+    ``mapping`` is {source value: train id}; a train id several source values map to gets the
+    smallest of them; ``ignore_label`` and unmapped train ids get the smallest source value
+    mapped to ``ignore_label`` (0 when none is).
+    """
     lut = np.zeros(256, dtype=np.uint8)
-    for l in _TRAIN:
-        lut[l.trainId] = l.id
+    inverse: dict = {}
+    for source, train_id in sorted((int(k), int(v)) for k, v in mapping.items()):
+        inverse.setdefault(train_id, source)
+    lut[:] = inverse.get(int(ignore_label), 0)
+    for train_id, source in inverse.items():
+        if train_id != ignore_label:
+            lut[train_id] = source
     return lut
 
 
@@ -58,8 +82,10 @@ def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
     return label_id_to_train_id_lut()[label_ids]
 
 
-def colorize(train_ids: np.ndarray) -> np.ndarray:
-    """(H, W) train ids -> (H, W, 3) uint8 RGB; ignore (and anything >= 19) is black."""
+def colorize(train_ids: np.ndarray, colors=None) -> np.ndarray:
+    """(H, W) train ids -> (H, W, 3) uint8 RGB with ``colors`` ((K, 3) RGB 0..255; None:
+    Cityscapes'); ignore (and anything >= K) is black."""
+    colors = CLASS_COLORS if colors is None else np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
     palette = np.zeros((256, 3), dtype=np.uint8)
-    palette[:NUM_CLASSES] = CLASS_COLORS
+    palette[: len(colors)] = colors
     return palette[np.asarray(train_ids, dtype=np.uint8)]

@@ -177,8 +177,9 @@ def shuffled_train_records(data_config, seed: Optional[int] = None,
 
 
 def augmented_examples(records: tf.data.Dataset, decode_fn, data_config, seed: Optional[int] = None,
-                       pipeline_id: int = 0) -> tf.data.Dataset:
-    """The second stage: decode and augment each record -> ``(image float32 0..255, label int32)``."""
+                       pipeline_id: int = 0, ignore_label: int = IGNORE_LABEL) -> tf.data.Dataset:
+    """The second stage: decode and augment each record -> ``(image float32 0..255, label int32)``
+    (crops padded with ``ignore_label``)."""
     deterministic = bool(data_config.deterministic)
     seed = _stage_seed(seed, deterministic)
     crop_size = [int(v) for v in data_config.crop_size]
@@ -195,7 +196,8 @@ def augmented_examples(records: tf.data.Dataset, decode_fn, data_config, seed: O
             element_seed = tf.random.experimental.stateless_fold_in(element_seed, pipeline_id)
             name_hash = tf.strings.to_hash_bucket_fast(filename, 2**31 - 1)
             element_seed = tf.random.experimental.stateless_fold_in(element_seed, name_hash)
-        image, label = aug.augment_from_config(image, label, data_config, seed=element_seed)
+        image, label = aug.augment_from_config(image, label, data_config, seed=element_seed,
+                                               ignore_label=ignore_label)
         return image, tf.cast(label, tf.int32)
 
     if deterministic:
@@ -214,6 +216,7 @@ def build_train_dataset(
     input_context: Optional[tf.distribute.InputContext] = None,
     boundary_radius: float = 2.0,
     repeat: bool = False,
+    ignore_label: int = IGNORE_LABEL,
 ) -> tf.data.Dataset:
     """The augmented training dataset (see the module docstring).
 
@@ -226,6 +229,7 @@ def build_train_dataset(
       boundary_radius: ``LossConfig.boundary_radius`` for the GT boundary maps.
       repeat: repeat forever (element seeds keep counting across epochs); otherwise one
         pass per iteration (Keras re-iterates each epoch, reshuffling).
+      ignore_label: ``DatasetConfig.ignore_label`` (crop padding, never a boundary).
     """
     deterministic = bool(data_config.deterministic)
     per_replica = input_context.get_per_replica_batch_size(batch_size) if input_context else int(batch_size)
@@ -233,9 +237,9 @@ def build_train_dataset(
         raise ValueError(f"batch size {batch_size} gives {per_replica} per replica")
     pipeline_id = input_context.input_pipeline_id if input_context else 0
     records, _, decode_fn = shuffled_train_records(data_config, seed, input_context, repeat)
-    ds = augmented_examples(records, decode_fn, data_config, seed, pipeline_id)
+    ds = augmented_examples(records, decode_fn, data_config, seed, pipeline_id, ignore_label)
     ds = ds.batch(per_replica, drop_remainder=True, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    ignore = int(data_config.ignore_label)
+    ignore = int(ignore_label)
     ds = ds.map(
         lambda image, label: (image, {"label": label, "boundary": boundary_targets(label, boundary_radius, ignore)}),
         num_parallel_calls=AUTOTUNE,
@@ -251,6 +255,7 @@ def make_distributed_train_dataset(
     seed: Optional[int] = None,
     boundary_radius: float = 2.0,
     repeat: bool = False,
+    ignore_label: int = IGNORE_LABEL,
 ):
     """``strategy.distribute_datasets_from_function`` over :func:`build_train_dataset`:
     each input pipeline reads its share of the shards and batches
@@ -266,6 +271,7 @@ def make_distributed_train_dataset(
             input_context=input_context,
             boundary_radius=boundary_radius,
             repeat=repeat,
+            ignore_label=ignore_label,
         )
 
     return strategy.distribute_datasets_from_function(dataset_fn)
@@ -277,6 +283,7 @@ def build_eval_dataset(
     input_context: Optional[tf.distribute.InputContext] = None,
     boundary_radius: float = 2.0,
     split: str = "val",
+    ignore_label: int = IGNORE_LABEL,
 ) -> tf.data.Dataset:
     """Full images, no augmentation, batch 1, in file/record order.
 
@@ -289,7 +296,7 @@ def build_eval_dataset(
     scale = float(data_config.eval_scale)
     if scale <= 0:
         raise ValueError(f"data.eval_scale must be > 0, got {scale}")
-    ignore = int(data_config.ignore_label)
+    ignore = int(ignore_label)
 
     def prepare(*raw):
         image, label, filename = decode_fn(*raw)

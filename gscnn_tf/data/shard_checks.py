@@ -64,7 +64,32 @@ def _few(names: list, n: int = 5) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
-def check_shards(pattern: str, field_name: str = "data.train_pattern") -> Optional[int]:
+def check_dataset(manifest: dict, mpath: str, dataset) -> list:
+    """Where a converter manifest's ``label_mapping`` and ``train_ids`` disagree with ``dataset``
+    (a :class:`gscnn_tf.config.DatasetConfig`): one message per field, naming ``mpath``."""
+    mapping, problems = manifest.get("label_mapping") or {}, []
+    k, ignore = len(dataset.class_names), dataset.ignore_label
+    fields = (("class_names", list(dataset.class_names), mapping.get("class_names") or None),
+              ("ignore_label", ignore, mapping.get("ignore_label")),
+              ("label_map", {str(s): t for s, t in dataset.label_map.items()}, mapping.get("mapping")))
+    for name, ours, theirs in fields:
+        if theirs is not None and theirs != ours:
+            problems.append(f"{mpath}: the shards were converted with {name} {_short(theirs)}, the config's "
+                            f"dataset.{name} is {_short(ours)}; convert with a label map of this dataset or "
+                            "set the config's dataset section to the converter's")
+    above = [t for t in manifest.get("train_ids", []) if t >= k and t != ignore]
+    if above:
+        problems.append(f"{mpath}: labels {above} are not train ids of the config's {k} classes "
+                        f"(0..{k - 1}, ignore {ignore})")
+    return problems
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def check_shards(pattern: str, field_name: str = "data.train_pattern", dataset=None) -> Optional[int]:
     """Checks the shards matching ``pattern`` against the converter's manifest(s) next to them.
 
     The converter writes ``{split}_manifest.json`` listing every shard with its size
@@ -72,7 +97,9 @@ def check_shards(pattern: str, field_name: str = "data.train_pattern") -> Option
     that is missing, a matched shard no manifest lists (left over from an earlier
     conversion), a shard whose size differs from the manifest's (truncated or changed).
     A pattern may select a subset of a split's shards. Shards without any manifest next
-    to them (made by other tools) are used as they are, with a warning.
+    to them (made by other tools) are used as they are, with a warning. With ``dataset``
+    (a :class:`gscnn_tf.config.DatasetConfig`) the manifests' label description must match
+    it (:func:`check_dataset`).
 
     Returns:
       the number of records in the matched shards per the manifests, or None when some
@@ -93,6 +120,8 @@ def check_shards(pattern: str, field_name: str = "data.train_pattern") -> Option
                 shards = list(manifest["shards"])
                 for info in shards:
                     listed[str(info["file"])] = (mpath, info)
+                if dataset is not None:
+                    problems += check_dataset(manifest, mpath, dataset)
             except (ValueError, KeyError, TypeError, tf.errors.OpError) as exc:
                 problems.append(f"{mpath}: unreadable manifest ({exc}); re-run the conversion")
                 continue

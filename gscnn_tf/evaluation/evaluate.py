@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from gscnn_tf.config import EvalConfig
+from gscnn_tf.config import DatasetConfig, EvalConfig
 from gscnn_tf.data import labels as _labels
 from gscnn_tf.evaluation.inference import MultiScalePredictor
 from gscnn_tf.evaluation.report import metrics_report
@@ -128,22 +128,23 @@ def evaluate(
     eval_config: Optional[EvalConfig] = None,
     num_classes: int = 19,
     *,
-    ignore_label: int = _labels.IGNORE_LABEL,
+    dataset_config: Optional[DatasetConfig] = None,
     max_images: Optional[int] = None,
     distance_mode: Optional[str] = "resize",
     vanishing_point: Optional[Sequence[float]] = None,
     output_dir: Optional[str] = None,
     save_predictions: bool = False,
-    class_names: Optional[Sequence[str]] = None,
     progress: Optional[bool] = None,
     boundary_workers: int = 2,
 ) -> dict:
     """Evaluates ``model`` on ``dataset``; returns a JSON-serialisable report dict.
 
     ``distance_mode``: "resize" (paper), "crop" (cheap) or None (skip the distance
-    evaluation); see :mod:`gscnn_tf.metrics.distance`. ``save_predictions`` writes
-    label-id PNGs to ``output_dir/predictions``; ``eval_config.official_eval`` also writes
-    the ground truth as label-id PNGs (ignore -> 0 "unlabeled") to ``output_dir/gt_labelIds``
+    evaluation); see :mod:`gscnn_tf.metrics.distance`. ``dataset_config``: the class names,
+    categories, ignore label and source label values (None: Cityscapes, names only when
+    ``num_classes`` is 19). ``save_predictions`` writes the dataset's source-id PNGs (inverse
+    of ``dataset_config.label_map``) to ``output_dir/predictions``; ``eval_config.official_eval``
+    also writes the ground truth as label-id PNGs (ignore -> 0 "unlabeled") to ``output_dir/gt_labelIds``
     and runs Cityscapes' ``evaluateImgLists`` on them (needs ``output_dir``; 19 classes).
     ``progress``: tqdm bar (default: when stderr is a TTY). ``boundary_workers``: threads
     computing the boundary F-score (NumPy/SciPy, CPU) concurrently with inference.
@@ -154,13 +155,18 @@ def evaluate(
         raise ValueError("official_eval / save_predictions need an output_dir")
     if official and num_classes != _labels.NUM_CLASSES:
         raise ValueError("official Cityscapes evaluation needs the 19 Cityscapes train classes")
+    described = dataset_config is not None
+    dataset_config = dataset_config or DatasetConfig()
+    if described and len(dataset_config.class_names) != num_classes:
+        raise ValueError(f"the dataset has {len(dataset_config.class_names)} classes, the model {num_classes}")
+    ignore_label = dataset_config.ignore_label
     predictor = MultiScalePredictor(model, cfg.scales, cfg.flip)
     boundary = BoundaryFScore(num_classes, cfg.boundary_tolerances_px, cfg.boundary_reference_size, ignore_label)
     distance = None
     if distance_mode:
         distance = DistanceIoU(cfg.distance_crop_fractions, num_classes, vanishing_point, distance_mode, ignore_label)
     total = np.zeros((num_classes, num_classes), np.int64)
-    lut = _labels.train_id_to_label_id_lut()
+    lut = dataset_config.source_id_lut()
     pred_paths, gt_paths = [], []
     if progress is None:
         progress = sys.stderr.isatty()
@@ -203,7 +209,7 @@ def evaluate(
                     gt_dir = os.path.join(output_dir, "gt_labelIds")
                     os.makedirs(gt_dir, exist_ok=True)
                     gt_path = os.path.join(gt_dir, f"{stem}_gtFine_labelIds.png")
-                    gt_label = np.where((label >= 0) & (label < num_classes), label, _labels.IGNORE_LABEL).astype(np.uint8)
+                    gt_label = np.where((label >= 0) & (label < num_classes), label, ignore_label).astype(np.uint8)
                     write_png(gt_path, lut[gt_label])
                     gt_paths.append(gt_path)
             n += 1
@@ -217,8 +223,9 @@ def evaluate(
         raise ValueError("evaluation dataset is empty")
     seconds = time.time() - start
 
+    names, categories = (dataset_config.class_names, dataset_config.categories) if described else (None, None)
     report = metrics_report(n, num_classes, predictor.scales, predictor.flip, total, boundary, distance,
-                            class_names)
+                            names, categories)
     if official:
         try:
             report["official"] = run_official_evaluation(pred_paths, gt_paths)

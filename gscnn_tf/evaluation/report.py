@@ -16,12 +16,14 @@ METRICS_MD = "metrics.md"
 
 
 def metrics_report(num_images: int, num_classes: int, scales: Sequence[float], flip: bool, confusion: np.ndarray,
-                   boundary, distance=None, class_names: Optional[Sequence[str]] = None) -> dict:
+                   boundary, distance=None, class_names: Optional[Sequence[str]] = None,
+                   categories: Optional[Sequence[str]] = None) -> dict:
     """The JSON-serialisable report of one evaluation from its accumulated metrics.
 
     ``confusion``: (K, K) int64 confusion matrix; ``boundary``: a filled
     :class:`gscnn_tf.metrics.boundary_f.BoundaryFScore`; ``distance``: a filled
-    :class:`gscnn_tf.metrics.distance.DistanceIoU` or None.
+    :class:`gscnn_tf.metrics.distance.DistanceIoU` or None; ``class_names`` / ``categories``
+    as in :func:`gscnn_tf.metrics.confusion.summarize`.
     """
     report = {
         "num_images": int(num_images),
@@ -29,8 +31,7 @@ def metrics_report(num_images: int, num_classes: int, scales: Sequence[float], f
         "scales": list(scales),
         "flip": bool(flip),
     }
-    names = tuple(class_names) if class_names is not None else None
-    summary = summarize(confusion, names)
+    summary = summarize(confusion, class_names, categories)
     report.update(summary)
     names = list(summary["iou_per_class"].keys())
     f_all = boundary.per_class()

@@ -58,7 +58,6 @@ import numpy as np
 import tensorflow as tf
 
 from gscnn_tf.config import ExperimentConfig, config_to_dict, save_config
-from gscnn_tf.data import labels as label_tables
 from gscnn_tf.export import warmup as warmup_lib
 from gscnn_tf.export.serving_graph import GSCNNServingModule, build_serving_module
 from gscnn_tf.export.signatures import (
@@ -145,9 +144,12 @@ def _export_locked(model, config, export_dir, version, overwrite, with_probabili
     meta = module.metadata()
     meta.update(
         {
-            "class_names": list(label_tables.CLASS_NAMES[: config.model.num_classes]),
-            "class_colors": label_tables.CLASS_COLORS[: config.model.num_classes].tolist(),
-            "ignore_label": label_tables.IGNORE_LABEL,
+            "dataset_name": config.dataset.name,
+            "class_names": list(config.dataset.class_names),
+            "class_colors": [list(c) for c in config.dataset.class_colors],
+            "ignore_label": int(config.dataset.ignore_label),
+            "source_ids": {str(t): int(s) for t, s in enumerate(config.dataset.source_id_lut()[: len(
+                config.dataset.class_names)])},
             "num_classes": int(config.model.num_classes),
             "model_name": model_name,
             "version": int(version),

@@ -35,6 +35,7 @@ import keras
 from keras import ops
 
 from gscnn_tf.config import LossConfig
+from gscnn_tf.data.labels import IGNORE_LABEL
 from gscnn_tf.losses.attention import AttentionLoss
 from gscnn_tf.losses.dual_task import DualTaskLoss
 from gscnn_tf.losses.edge_bce import BalancedEdgeBCE
@@ -55,6 +56,8 @@ class GSCNNLoss(DictLoss):
     Args:
         loss_config: a :class:`gscnn_tf.config.LossConfig` (or a dict of its fields);
             keyword arguments named like its fields override it.
+        ignore_label: the void train id (the dataset's; None: an ``ignore_label`` inside an
+            old serialised ``loss_config`` dict, else 255).
         use_edge_terms: False for the DeepLabV3+ baseline: only the segmentation CE.
         dual_task_seed: seed of the dual-task term's Gumbel noise (None: random).
         dual_task_gumbel_noise: see :class:`DualTaskLoss` ``gumbel_noise``.
@@ -64,6 +67,7 @@ class GSCNNLoss(DictLoss):
         self,
         loss_config=None,
         *,
+        ignore_label=None,
         use_edge_terms: bool = True,
         dual_task_seed=None,
         dual_task_gumbel_noise: bool = True,
@@ -84,22 +88,24 @@ class GSCNNLoss(DictLoss):
         if unknown:
             raise TypeError(f"GSCNNLoss: unknown argument(s) {unknown}; LossConfig fields: {list(_LOSS_FIELDS)}")
         fields.update(overrides)
+        legacy_ignore = fields.pop("ignore_label", IGNORE_LABEL)  # loss_config of .keras files of earlier versions
         self.config = LossConfig(**fields)
-        super().__init__(ignore_label=self.config.ignore_label, name=name, reduction=reduction, dtype=dtype)
+        ignore_label = legacy_ignore if ignore_label is None else ignore_label
+        super().__init__(ignore_label=ignore_label, name=name, reduction=reduction, dtype=dtype)
         self.use_edge_terms = bool(use_edge_terms)
         self.dual_task_seed = dual_task_seed
         self.dual_task_gumbel_noise = bool(dual_task_gumbel_noise)
 
-        c = self.config
-        self.seg_loss = SegmentationCrossEntropy(ignore_label=c.ignore_label)
-        self.edge_loss = BalancedEdgeBCE(ignore_label=c.ignore_label)
-        self.attention_loss = AttentionLoss(threshold=c.attention_threshold, ignore_label=c.ignore_label)
+        c, ignore = self.config, self.ignore_label
+        self.seg_loss = SegmentationCrossEntropy(ignore_label=ignore)
+        self.edge_loss = BalancedEdgeBCE(ignore_label=ignore)
+        self.attention_loss = AttentionLoss(threshold=c.attention_threshold, ignore_label=ignore)
         self.dual_task_loss = DualTaskLoss(
             tau=c.gumbel_tau,
             sigma=c.dual_task_sigma,
             gumbel_noise=dual_task_gumbel_noise,
             seed=dual_task_seed,
-            ignore_label=c.ignore_label,
+            ignore_label=ignore,
         )
 
     @property
@@ -117,8 +123,8 @@ class GSCNNLoss(DictLoss):
         y_true, y_pred = self._standardize(y_true, y_pred)
         # The per-pixel CE is computed once for the segmentation and the attention term
         # (the same values each term's own ``call`` computes).
-        label, _ = labels_of(y_true, self.config.ignore_label)
-        ce, valid = pixel_cross_entropy(label, y_pred["seg_logits"], self.config.ignore_label)
+        label, _ = labels_of(y_true, self.ignore_label)
+        ce, valid = pixel_cross_entropy(label, y_pred["seg_logits"], self.ignore_label)
         out = {"seg": self.seg_loss.reduce(ce, valid)}
         if self.use_edge_terms:
             out["edge_bce"] = self.edge_loss.call(y_true, y_pred)
@@ -139,8 +145,7 @@ class GSCNNLoss(DictLoss):
         return self.total(self.terms(y_true, y_pred))
 
     def get_config(self):
-        config = super().get_config()
-        config.pop("ignore_label")  # part of loss_config
+        config = super().get_config()  # holds ignore_label
         config.update(
             loss_config=dataclasses.asdict(self.config),
             use_edge_terms=self.use_edge_terms,

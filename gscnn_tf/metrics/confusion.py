@@ -22,7 +22,7 @@ Conventions (Cityscapes' official ``evalPixelLevelSemanticLabeling``):
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import keras
 import numpy as np
@@ -122,13 +122,21 @@ def _clean(value: float) -> Optional[float]:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def summarize(confusion: np.ndarray, class_names: Optional[tuple] = None) -> dict:
-    """All confusion-based metrics as a JSON-serialisable dict (NaN written as ``None``)."""
+def summarize(confusion: np.ndarray, class_names: Optional[tuple] = None,
+              categories: Optional[Sequence[str]] = None) -> dict:
+    """All confusion-based metrics as a JSON-serialisable dict (NaN written as ``None``).
+
+    ``confusion``: (K, K). ``class_names``: K names; ``categories``: each class's category
+    name (K; empty: no category mIoU). Both None: Cityscapes' when K = 19, else
+    ``class_{i}`` and no categories.
+    """
     cm = np.asarray(confusion)
     k = cm.shape[0]
-    names = tuple(class_names) if class_names is not None else (
-        _labels.CLASS_NAMES if k == len(_labels.CLASS_NAMES) else tuple(f"class_{i}" for i in range(k))
-    )
+    if class_names is None and categories is None and k == len(_labels.CLASS_NAMES):
+        class_names, categories = _labels.CLASS_NAMES, _labels.CLASS_CATEGORIES
+    names = tuple(class_names) if class_names is not None else tuple(f"class_{i}" for i in range(k))
+    if len(names) != k:
+        raise ValueError(f"{len(names)} class names for a {k}-class confusion matrix")
     ious = iou_per_class(cm)
     acc = class_accuracy(cm)
     out = {
@@ -139,10 +147,11 @@ def summarize(confusion: np.ndarray, class_names: Optional[tuple] = None) -> dic
         "accuracy_per_class": {n: _clean(v) for n, v in zip(names, acc)},
         "num_pixels": int(cm.sum()),
     }
-    if k == len(_labels.CLASS_NAMES):
-        cat = category_iou(cm)
+    if categories:
+        category_names = tuple(dict.fromkeys(categories))  # first-seen order
+        cat = category_iou(cm, np.array([category_names.index(c) for c in categories], dtype=np.int32))
         out["category_miou"] = _clean(_nanmean(cat))
-        out["iou_per_category"] = {n: _clean(v) for n, v in zip(_labels.CATEGORY_NAMES, cat)}
+        out["iou_per_category"] = {n: _clean(v) for n, v in zip(category_names, cat)}
     return out
 
 

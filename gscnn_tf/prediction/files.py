@@ -5,10 +5,11 @@ a SavedModel's ``serving_image_tensor`` signature, or the same module built in m
 around the checkpoint's Keras model. Images are decoded with TensorFlow's decoders (the
 ones the ``serving_default`` signature uses), so the CLI and a server agree pixel for pixel.
 
-Per input image ``<name>`` the writer produces ``<name>_seg.png`` (Cityscapes colours),
+Per input image ``<name>`` the writer produces ``<name>_seg.png`` (the dataset's class
+colours: the export's ``config.yaml`` asset or the checkpoint's config, Cityscapes by default),
 ``<name>_overlay.png`` (colours blended over the photo), ``<name>_edges.png`` (shape-stream
-boundary probability as grey levels) and optionally ``<name>_labelIds.png`` (Cityscapes
-label ids, the official evaluation's input format). Unreadable files are skipped and
+boundary probability as grey levels) and optionally ``<name>_labelIds.png`` (the dataset's
+source label ids; Cityscapes label ids, the official evaluation's input format). Unreadable files are skipped and
 reported; the caller decides the exit status.
 """
 from __future__ import annotations
@@ -35,12 +36,16 @@ class ImageReadError(ValueError):
 
 
 class Predictor:
-    """``predictor(image)``: (H, W, 3) uint8 RGB -> {"classes": (H, W), "edge": (H, W), ...}."""
+    """``predictor(image)``: (H, W, 3) uint8 RGB -> {"classes": (H, W), "edge": (H, W), ...};
+    ``dataset``: the :class:`gscnn_tf.config.DatasetConfig` its classes belong to."""
 
-    def __init__(self, fn: Callable, source: str, kind: str):
+    def __init__(self, fn: Callable, source: str, kind: str, dataset=None):
+        from gscnn_tf.config import DatasetConfig
+
         self._fn = fn
         self.source = source
         self.kind = kind  # "saved_model" or "checkpoint"
+        self.dataset = dataset if dataset is not None else DatasetConfig()
 
     def __call__(self, image: np.ndarray) -> dict:
         image = np.asarray(image)
@@ -63,7 +68,8 @@ def load_predictor(path: str, config_path: Optional[str] = None, version: Option
         logger.info("loading SavedModel %s", directory)
         loaded = tf.saved_model.load(directory)
         signature = loaded.signatures[IMAGE_TENSOR_SIGNATURE]
-        predictor = Predictor(lambda x: signature(**{TENSOR_INPUT: x}), directory, "saved_model")
+        predictor = Predictor(lambda x: signature(**{TENSOR_INPUT: x}), directory, "saved_model",
+                              _export_dataset(directory))
         predictor._loaded = loaded  # keep the restored object (and its variables) alive
         return predictor
     from gscnn_tf.config import load_config
@@ -73,9 +79,19 @@ def load_predictor(path: str, config_path: Optional[str] = None, version: Option
     model, config = load_inference_model(path, config)
     logger.info("loaded checkpoint %s", path)
     module = build_serving_module(model, config, with_probabilities=with_probabilities)
-    predictor = Predictor(module.serve_images, path, "checkpoint")
+    predictor = Predictor(module.serve_images, path, "checkpoint", config.dataset)
     predictor._module = module
     return predictor
+
+
+def _export_dataset(directory: str):
+    """The dataset description in a SavedModel's ``assets/config.yaml`` (exports written before
+    it had one: Cityscapes)."""
+    from gscnn_tf.config import load_config
+    from gscnn_tf.export.signatures import CONFIG_ASSET
+
+    path = os.path.join(directory, "assets", CONFIG_ASSET)
+    return load_config(path).dataset if os.path.isfile(path) else None
 
 
 def read_file_limited(path: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
@@ -190,16 +206,19 @@ def output_paths(output_dir: str, name: str) -> dict:
 
 
 def write_outputs(image: np.ndarray, result: dict, output_dir: str, name: str, alpha: float = 0.5,
-                  label_ids: bool = False) -> dict:
-    """Writes the PNGs for one image; returns {kind: path}."""
+                  label_ids: bool = False, dataset=None) -> dict:
+    """Writes the PNGs for one image in the colours and source ids of ``dataset`` (a
+    :class:`gscnn_tf.config.DatasetConfig`; None: Cityscapes); returns {kind: path}."""
     paths = output_paths(output_dir, name)
     os.makedirs(os.path.dirname(paths["seg"]) or ".", exist_ok=True)
     classes = result["classes"]
-    visualize.write_png(paths["seg"], visualize.color_mask(classes))
-    visualize.write_png(paths["overlay"], visualize.overlay(image, classes, alpha))
+    colors = None if dataset is None else dataset.class_colors
+    visualize.write_png(paths["seg"], visualize.color_mask(classes, colors))
+    visualize.write_png(paths["overlay"], visualize.overlay(image, classes, alpha, colors))
     visualize.write_png(paths["edges"], visualize.edge_image(result["edge"]))
     if label_ids:
-        visualize.write_png(paths["label_ids"], visualize.label_ids_image(classes))
+        source_ids = None if dataset is None else dataset.source_id_lut()
+        visualize.write_png(paths["label_ids"], visualize.label_ids_image(classes, source_ids))
     else:
         paths.pop("label_ids")
     return paths
@@ -231,5 +250,6 @@ def predict_files(predictor: Predictor, items: list, output_dir: str, alpha: flo
             summary.failed.append((path, str(exc)))
             continue
         result = predictor(image)
-        summary.written.append((path, write_outputs(image, result, output_dir, name, alpha, label_ids)))
+        summary.written.append((path, write_outputs(image, result, output_dir, name, alpha, label_ids,
+                                                         predictor.dataset)))
     return summary

@@ -331,8 +331,9 @@ class EpochLines(keras.callbacks.Callback):
 class ImageSummaries(keras.callbacks.Callback):
     """TensorBoard images after each validation: input, ground truth, prediction, edge map."""
 
-    def __init__(self, images, labels, log_dir, every_n_epochs=1):
+    def __init__(self, images, labels, log_dir, every_n_epochs=1, colors=None):
         super().__init__()
+        self.colors = colors  # (K, 3) RGB 0..255 class colours (None: Cityscapes')
         self.images = images  # (N, H, W, 3) RGB 0..255
         self.labels = labels  # (N, H, W) train ids
         self.every = max(1, every_n_epochs)
@@ -349,7 +350,7 @@ class ImageSummaries(keras.callbacks.Callback):
         rgb = np.clip(np.rint(np.asarray(self.images)), 0, 255).astype(np.uint8)
         with self.writer.as_default(step=epoch + 1):
             tf.summary.image("input", rgb, max_outputs=len(rgb))
-            tf.summary.image("ground_truth", colorize(np.asarray(self.labels)), max_outputs=len(rgb))
-            tf.summary.image("prediction", colorize(pred), max_outputs=len(rgb))
+            tf.summary.image("ground_truth", colorize(np.asarray(self.labels), self.colors), max_outputs=len(rgb))
+            tf.summary.image("prediction", colorize(pred, self.colors), max_outputs=len(rgb))
             tf.summary.image("edge", edge.astype(np.float32), max_outputs=len(rgb))
         self.writer.flush()

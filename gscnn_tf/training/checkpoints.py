@@ -86,7 +86,8 @@ def load_inference_model(path: str, config: Optional[ExperimentConfig] = None) -
         model = keras.saving.load_model(checkpoint, compile=False)
         if isinstance(model, GatedSCNN):
             if config is None:
-                config = ExperimentConfig(model=model.model_config, loss=model.loss_config)
+                config = ExperimentConfig(model=model.model_config, loss=model.loss_config,
+                                          dataset=model.dataset_config)
         elif model.name == "gscnn" and model.input.name == "image":
             # A model.keras written before GatedSCNN existed: the bare network, which expects
             # normalised input. Its weights go into a GatedSCNN, which normalises for itself.
@@ -94,7 +95,7 @@ def load_inference_model(path: str, config: Optional[ExperimentConfig] = None) -
                 raise CheckpointError(f"{checkpoint}: a model file from an older version without a config.yaml "
                                       "next to it; pass --config")
             network = model
-            model = GatedSCNN(config.model, config.loss)
+            model = GatedSCNN(config.model, config.loss, config.dataset)
             model.set_weights(network.get_weights())
         # Any other Keras model with the same contract (RGB 0..255 -> seg_logits, edge) is used as it is.
         return model, config if config is not None else ExperimentConfig()
@@ -102,7 +103,7 @@ def load_inference_model(path: str, config: Optional[ExperimentConfig] = None) -
         raise CheckpointError(f"{checkpoint}: weights file without a config.yaml next to it; pass --config")
     from gscnn_tf.model import GatedSCNN
 
-    model = GatedSCNN(config.model, config.loss)
+    model = GatedSCNN(config.model, config.loss, config.dataset)
     try:
         model.load_weights(checkpoint)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name and cause

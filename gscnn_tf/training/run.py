@@ -81,16 +81,17 @@ def _build_datasets(cfg: ExperimentConfig, strategy, seed, val_records=None):
     if replicas > 1 or cfg.train.strategy == "multi_worker":
         train_ds = pipeline.make_distributed_train_dataset(
             strategy, cfg.data, cfg.train.batch_size, seed=seed,
-            boundary_radius=cfg.loss.boundary_radius, repeat=True,
+            boundary_radius=cfg.loss.boundary_radius, repeat=True, ignore_label=cfg.dataset.ignore_label,
         )
     else:
         train_ds = pipeline.build_train_dataset(
             cfg.data, cfg.train.batch_size, seed=seed,
-            boundary_radius=cfg.loss.boundary_radius, repeat=True,
+            boundary_radius=cfg.loss.boundary_radius, repeat=True, ignore_label=cfg.dataset.ignore_label,
         )
     val_ds = None
     if cfg.data.val_pattern or cfg.data.source == "tfds":
-        val_ds = pipeline.build_eval_dataset(cfg.data, boundary_radius=cfg.loss.boundary_radius)
+        val_ds = pipeline.build_eval_dataset(cfg.data, boundary_radius=cfg.loss.boundary_radius,
+                                             ignore_label=cfg.dataset.ignore_label)
         if val_records is None and cfg.data.source == "tfrecord":
             val_records = count_records(cfg.data.val_pattern)
         batches = val_records
@@ -268,8 +269,9 @@ def _check_data(cfg: ExperimentConfig) -> tuple:
 
     if cfg.data.source != "tfrecord":
         return None, None
-    train_records = shard_checks.check_shards(cfg.data.train_pattern, "data.train_pattern")
-    val_records = shard_checks.check_shards(cfg.data.val_pattern, "data.val_pattern") if cfg.data.val_pattern else None
+    train_records = shard_checks.check_shards(cfg.data.train_pattern, "data.train_pattern", cfg.dataset)
+    val_records = (shard_checks.check_shards(cfg.data.val_pattern, "data.val_pattern", cfg.dataset)
+                   if cfg.data.val_pattern else None)
     return train_records, val_records
 
 
@@ -354,7 +356,7 @@ def train(cfg: ExperimentConfig, fresh: bool = False, require_resume: bool = Fal
                  backup["global_step"])
 
     with strategy.scope():
-        model = GatedSCNN(cfg.model, cfg.loss)
+        model = GatedSCNN(cfg.model, cfg.loss, cfg.dataset)
         if init_weights is not None:
             _set_init_weights(model, init_weights, init_path)
             log.info("fine-tuning from %s (%s)", init_path, tcfg.init_checkpoint)
@@ -418,7 +420,7 @@ def train(cfg: ExperimentConfig, fresh: bool = False, require_resume: bool = Fal
         if chief and val_ds is not None and tcfg.image_summaries:
             images, labels = _first_examples(val_ds, tcfg.image_summaries)
             if images is not None:
-                callbacks.append(cb.ImageSummaries(images, labels, logs_dir))
+                callbacks.append(cb.ImageSummaries(images, labels, logs_dir, colors=cfg.dataset.class_colors))
         if step_in_epoch and epoch < tcfg.epochs:
             # Finish the interrupted epoch first, then continue with whole epochs.
             h = model.fit(train_ds, initial_epoch=epoch, epochs=epoch + 1,

@@ -313,6 +313,22 @@ def _move_legacy_ignore_label(data: dict) -> dict:
     return data
 
 
+def _other_dataset_defaults(data: dict) -> dict:
+    """A ``dataset:`` section whose ``class_names`` are not Cityscapes' describes another dataset:
+    Cityscapes' name, categories and label-id map do not apply to it. Unless it sets them, its
+    name is "custom", it has no categories and its label values are its train ids."""
+    dataset = data.get("dataset")
+    if not isinstance(dataset, dict) or "class_names" not in dataset:
+        return data
+    if list(dataset["class_names"] or []) == list(_labels.CLASS_NAMES):
+        return data
+    dataset = dict(dataset)
+    dataset.setdefault("name", "custom")
+    dataset.setdefault("categories", [])
+    dataset.setdefault("label_map", {i: i for i in range(len(dataset["class_names"] or []))})
+    return {**data, "dataset": dataset}
+
+
 def _check(ok: bool, where: str, requirement: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{where}: must be {requirement}, got {value!r}")
@@ -382,7 +398,8 @@ def config_from_dict(data: dict, check_num_classes: bool = True) -> ExperimentCo
     ``loss.ignore_label`` / ``data.ignore_label`` move to ``dataset.ignore_label``)."""
     if not isinstance(data, dict):
         raise ConfigError(f"config: expected a mapping, got {data!r}")
-    return validate_config(_from_dict(ExperimentConfig, _move_legacy_ignore_label(data), ""), check_num_classes)
+    data = _other_dataset_defaults(_move_legacy_ignore_label(data))
+    return validate_config(_from_dict(ExperimentConfig, data, ""), check_num_classes)
 
 
 def load_config(path: Optional[str] = None, overrides: Optional[list] = None) -> ExperimentConfig:

@@ -116,3 +116,11 @@ def test_default_dataset_is_cityscapes():
     assert ds.name == "cityscapes" and tuple(ds.class_names) == labels.CLASS_NAMES and ds.ignore_label == 255
     assert ds.class_colors == labels.CLASS_COLORS.tolist() and len(set(ds.categories)) == 7
     assert (ds.source_id_lut() == labels.train_id_to_label_id_lut()).all()
+
+
+def test_a_dataset_with_its_own_classes_does_not_inherit_cityscapes_map_or_categories(tmp_path):
+    (tmp_path / "mine.yaml").write_text("model: {num_classes: 2}\n"
+                                        "dataset: {class_names: [road, car], class_colors: [[1, 2, 3], [4, 5, 6]]}\n")
+    cfg = load_config(str(tmp_path / "mine.yaml"))
+    assert (cfg.dataset.name, cfg.dataset.categories, cfg.dataset.label_map) == ("custom", [], {0: 0, 1: 1})
+    assert load_config(None).dataset.categories[0] == "flat"  # Cityscapes keeps its own

@@ -109,6 +109,22 @@ def tiny_experiment_config(synthetic, model_dir, **train_overrides):
     return load_config(None, overrides)
 
 
+def write_untrained_run(cfg, run) -> str:
+    """A run directory at ``run`` (``config.yaml`` + ``checkpoints/best.weights.h5``) holding an untrained
+    Gated-SCNN of ``cfg``: for tests of the tools that read runs (evaluate, export, predict)."""
+    from gscnn_tf.config import save_config
+    from gscnn_tf.model import GatedSCNN
+    from gscnn_tf.training.checkpoints import BEST_WEIGHTS, CONFIG_NAME
+
+    cfg.train.model_dir = str(run)
+    model = GatedSCNN(cfg.model, cfg.loss, cfg.dataset)
+    os.makedirs(os.path.join(run, os.path.dirname(BEST_WEIGHTS)))
+    save_config(cfg, os.path.join(run, CONFIG_NAME))
+    model.save_weights(os.path.join(run, BEST_WEIGHTS))
+    keras.backend.clear_session()
+    return str(run)
+
+
 # ----------------------------------------------------------------------------- stand-in models
 # Plain Keras models with GatedSCNN's contract (RGB 0..255 (B,H,W,3) -> {seg_logits, edge}): export,
 # serving and prediction tests need the contract, not the architecture, and these build in milliseconds.

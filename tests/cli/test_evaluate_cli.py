@@ -5,26 +5,15 @@ import os
 import re
 
 import pytest
-from conftest import tiny_experiment_config
+from conftest import tiny_experiment_config, write_untrained_run
 
 
 @pytest.fixture(scope="module")
 def tiny_run(synthetic_tfrecords, tmp_path_factory):
     """A run directory (config.yaml over the synthetic val shards: 2 images of 64x128,
     checkpoints/best.weights.h5) of the tiny Gated-SCNN, untrained."""
-    import keras
-
-    from gscnn_tf.config import save_config
-    from gscnn_tf.model import GatedSCNN
-
     run = tmp_path_factory.mktemp("evaluate") / "run"
-    cfg = tiny_experiment_config(synthetic_tfrecords, str(run))
-    model = GatedSCNN(cfg.model, cfg.loss)
-    os.makedirs(run / "checkpoints")
-    save_config(cfg, str(run / "config.yaml"))
-    model.save_weights(str(run / "checkpoints" / "best.weights.h5"))
-    keras.backend.clear_session()
-    return str(run)
+    return write_untrained_run(tiny_experiment_config(synthetic_tfrecords, str(run)), run)
 
 
 class CountingModel:

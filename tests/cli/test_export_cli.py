@@ -2,26 +2,15 @@
 import os
 
 import pytest
-from conftest import tiny_model_config
+from conftest import tiny_model_config, write_untrained_run
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A run directory (config.yaml + checkpoints/best.weights.h5) of the tiny Gated-SCNN."""
-    import keras
+    from gscnn_tf.config import ExperimentConfig
 
-    from gscnn_tf.config import ExperimentConfig, save_config
-    from gscnn_tf.model import GatedSCNN
-
-    run = tmp_path_factory.mktemp("export") / "run"
-    cfg = ExperimentConfig(model=tiny_model_config())
-    cfg.train.model_dir = str(run)
-    model = GatedSCNN(cfg.model, cfg.loss)
-    os.makedirs(run / "checkpoints")
-    save_config(cfg, str(run / "config.yaml"))
-    model.save_weights(str(run / "checkpoints" / "best.weights.h5"))
-    keras.backend.clear_session()
-    return str(run)
+    return write_untrained_run(ExperimentConfig(model=tiny_model_config()), tmp_path_factory.mktemp("export") / "run")
 
 
 def test_set_without_config_starts_from_the_runs_config(tiny_run, tmp_path, monkeypatch, capsys):

@@ -86,10 +86,6 @@ def _free_ports(cmd, doc_run):
     return re.sub(r"localhost:(\d{5})", lambda m: "localhost:%d" % ports.setdefault(m.group(1), _free_port()), cmd)
 
 
-def _one_local_worker(cmd, doc_run):
-    return cmd.replace('"worker": ["host1:2222", "host2:2222"]', '"worker": ["localhost:%d"]' % _free_port())
-
-
 # (document or "*", block kind "bash"/"python", regex, replacement: a string or f(command, doc run),
 #  why). For bash the regex is searched in each command (continuation lines joined), for Python in
 # the whole block; every entry must still match somewhere (test_tables_have_no_stale_entries).
@@ -98,8 +94,6 @@ SUBSTITUTIONS = [
     ("*", "bash", r"\bexport_savedmodel\.py\b(?!.*--warmup-images)", lambda c, r: _append_args(c, "--warmup-size 64x128"),
      "small synthetic warmup images"),
     ("README.md", "bash", r"--epochs 200\b", "--epochs 2", "2 epochs, not 200"),
-    ("README.md", "bash", r'"worker": \["host1:2222", "host2:2222"\]', _one_local_worker,
-     "no host1/host2 here: a one-worker cluster on localhost"),
     ("README.md", "bash", r"best_cityscapes_checkpoint\.pth", None if _has_torch() else "best_cityscapes_checkpoint.npz",
      "a fake official checkpoint (random weights; .npz when PyTorch is not installed)"),
     ("README.md", "python", r"crop_size=\[256, 512\]", "crop_size=[64, 64]", "small crops"),

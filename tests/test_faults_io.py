@@ -156,7 +156,7 @@ def _alive(pid):
     return state not in ("Z", "X")  # a zombie is dead (nobody may reap it in a container)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_killed_parallel_conversion_leaves_no_orphan_workers(cs_src, tmp_path, sig):
     out = str(tmp_path / "out")
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
@@ -203,7 +203,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_stopped_conversion_says_so_in_one_line_and_leaves_no_partial_file(cs_src, tmp_path, sig):
     out = str(tmp_path / "out")
     argv = ["cityscapes", "--root", cs_src, "--out", out, "--splits", "train", "--num-shards", "3", "--quiet"]

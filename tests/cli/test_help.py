@@ -57,6 +57,7 @@ def test_the_checker_finds_an_undocumented_flag():
     assert found == {"tool": ["--bare: help None"], "tool run": ["--terse: help 'x'"]}
 
 
+@pytest.mark.slow  # a fresh interpreter importing TensorFlow: 5 s
 def test_a_tool_answers_help_as_a_module():
     res = subprocess.run([sys.executable, "-m", "tfrecords_tools.make_synthetic", "--help"],
                          capture_output=True, text=True, timeout=120)

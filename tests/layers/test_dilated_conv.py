@@ -218,7 +218,7 @@ def test_config_and_variables_are_those_of_the_keras_layers():
         assert type(clone) is new_cls and clone.get_config() == new.get_config()
 
 
-@pytest.mark.parametrize("backbone", ["mobilenetv2", "resnet50"])
+@pytest.mark.parametrize("backbone", ["mobilenetv2", pytest.param("resnet50", marks=pytest.mark.slow)])
 def test_weights_saved_from_keras_layers_load(backbone, tmp_path):
     """A model built with plain Conv2D/DepthwiseConv2D (the old code) -> .weights.h5 -> today's model."""
     from gscnn_tf.model import GatedSCNN

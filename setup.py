@@ -25,7 +25,9 @@ setup(
     ],
     extras_require={
         # jax: the cross-backend test runs the model and losses on Keras' JAX backend (CPU).
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "scipy>=1.11", "scikit-image>=0.22", "jax>=0.5", "ruff>=0.6"],
+        # pytest-xdist: scripts/run_tests.sh runs the tests in one worker process per core.
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "scipy>=1.11", "scikit-image>=0.22",
+                 "jax>=0.5", "ruff>=0.6"],
         # convert: PyTorch reads the official Gated-SCNN .pth checkpoint (import_official_checkpoint.py).
         "convert": ["torch>=2.6"],
     },

@@ -79,6 +79,7 @@ class DataConfig:
     source: str = "tfrecord"  # tfrecord | tfds
     train_pattern: str = ""  # glob of training shards, e.g. data/tfrecords/train_fine-*.tfrecord
     val_pattern: str = ""
+    test_pattern: str = ""  # evaluated only on request (evaluate.py --split test)
     tfds_name: str = "cityscapes/semantic_segmentation"
     tfds_data_dir: Optional[str] = None
     tfds_manual_dir: Optional[str] = None
@@ -88,6 +89,9 @@ class DataConfig:
     hflip: bool = True
     color_jitter: float = 0.25
     blur_prob: float = 0.5
+    # Colour of the image where a crop is padded (its labels are ignored): "black" (the
+    # official code), "mean" (the backbone's mean colour, 0 after normalisation) or [r, g, b].
+    pad_color: Union[Literal["black", "mean"], List[float]] = "black"
     shuffle_buffer: int = 512
     deterministic: bool = False
     # Evaluation images are used at full size unless eval_scale != 1 (e.g. 0.5 for quick checks).
@@ -373,6 +377,8 @@ def validate_config(cfg: ExperimentConfig, check_num_classes: bool = True) -> Ex
     _check(d.color_jitter >= 0, "data.color_jitter", ">= 0", d.color_jitter)
     _check(d.shuffle_buffer >= 0, "data.shuffle_buffer", ">= 0", d.shuffle_buffer)
     _check(d.eval_scale > 0, "data.eval_scale", "> 0", d.eval_scale)
+    _check(isinstance(d.pad_color, str) or (len(d.pad_color) == 3 and all(0 <= c <= 255 for c in d.pad_color)),
+           "data.pad_color", '"black", "mean" or [r, g, b] in 0..255', d.pad_color)
     for name in ("batch_size", "epochs", "validation_freq"):
         _check(getattr(t, name) >= 1, f"train.{name}", ">= 1", getattr(t, name))
     for name in ("steps_per_epoch", "validation_steps"):

@@ -16,9 +16,12 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+from gscnn_tf.utils.quiet_tensorflow import import_tensorflow_quietly  # noqa: E402
+
+# Quietly: pytest-xdist's workers import this file before output capture starts.
+tf = import_tensorflow_quietly()
 import keras  # noqa: E402
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from gscnn_tf.config import ModelConfig, load_config  # noqa: E402
 

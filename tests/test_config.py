@@ -65,6 +65,9 @@ def test_missing_and_malformed_files(tmp_path):
         ("data: {min_scale: 2.0, max_scale: 1.0}", "data.min_scale/max_scale", "min_scale <= max_scale"),
         ("eval: {scales: []}", "eval.scales", "non-empty"),
         ("dataset: {ignore_label: 300}", "dataset.ignore_label", "0..255"),
+        ("data: {pad_color: grey}", "data.pad_color", "expected 'black' or 'mean' or a list"),
+        ("data: {pad_color: [0, 300, 0]}", "data.pad_color", r"\[r, g, b\] in 0..255"),
+        ("data: {pad_color: [0, 0]}", "data.pad_color", r"\[r, g, b\] in 0..255"),
     ],
 )
 def test_bad_values_in_a_file_name_the_file_and_the_field(tmp_path, yaml_text, field, message):

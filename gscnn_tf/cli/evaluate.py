@@ -31,7 +31,7 @@ scale without flip. The start line and metrics.json (inferences_per_image) give 
 
 outputs (in --out): metrics.json (everything, incl. the confusion matrix), metrics.md
 (summary and per-class tables; also printed), and with --save-predictions/--official-eval
-predictions/*_labelIds.png (Cityscapes label ids).
+predictions/*_labelIds.png (the dataset's source label ids; Cityscapes' label ids by default).
 """
 
 
@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="experiment YAML; default: the run's config.yaml next to the checkpoint")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set data.eval_scale=0.5 (repeatable; value parsed as YAML)")
-    p.add_argument("--split", default="val", choices=["val", "train"],
-                   help="which data to evaluate (val: data.val_pattern / the TFDS validation split)")
+    p.add_argument("--split", default="val", choices=["val", "train", "test"],
+                   help="which data to evaluate: data.val_pattern, data.train_pattern or data.test_pattern "
+                        "(or the TFDS split of that name); evaluate test once, on the final model")
     p.add_argument("--scales", type=float, nargs="+",
                    help="inference scales, probabilities averaged (eval.scales; default from config, normally 1.0)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
@@ -72,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--official-eval", action=argparse.BooleanOptionalAction, default=None,
                    help="also write label-id PNGs and run cityscapesscripts' evaluateImgLists (eval.official_eval)")
     p.add_argument("--save-predictions", action="store_true",
-                   help="write the predictions as Cityscapes label-id PNGs to OUT/predictions")
+                   help="write the predictions as PNGs of the dataset's source label ids (dataset.label_map "
+                        "inverted; Cityscapes: label ids) to OUT/predictions")
     p.add_argument("--out", help="output directory (default: RUN_DIR/eval_SPLIT)")
     p.add_argument("--max-images", type=int, help="evaluate only the first N images")
     p.add_argument("--boundary-workers", type=int, default=2,

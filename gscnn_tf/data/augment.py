@@ -331,13 +331,31 @@ def augment(
     return pad_to_size(image, label, crop_size, pad_color, ignore_label, rng)
 
 
+def pad_color_rgb(setting, backbone: Optional[str] = None) -> tuple:
+    """``DataConfig.pad_color`` as an RGB tuple (0..255): "black", "mean" (``backbone``'s
+    normalisation mean, so padding is 0 after normalisation) or an explicit [r, g, b]."""
+    if isinstance(setting, str):
+        if setting == "black":
+            return PAD_COLOR
+        if setting == "mean":
+            if backbone is None:
+                raise ValueError('data.pad_color "mean" needs the backbone name to find its mean colour')
+            from gscnn_tf.backbones import normalization_for
+
+            return tuple(float(v) for v in normalization_for(backbone)[0])
+        raise ValueError(f'data.pad_color must be "black", "mean" or [r, g, b], got {setting!r}')
+    return tuple(float(v) for v in setting)
+
+
 def augment_from_config(image, label, data_config, seed=None, ignore_label: int = IGNORE_LABEL) -> tuple:
     """:func:`augment` with the fields of a :class:`gscnn_tf.config.DataConfig` and the
-    dataset's ``ignore_label``."""
+    dataset's ``ignore_label`` (``pad_color: mean`` must be resolved to RGB first, see
+    :func:`pad_color_rgb`)."""
     return augment(
         image,
         label,
         crop_size=data_config.crop_size,
+        pad_color=pad_color_rgb(data_config.pad_color),
         min_scale=data_config.min_scale,
         max_scale=data_config.max_scale,
         hflip=data_config.hflip,
@@ -355,6 +373,7 @@ __all__ = [
     "augment_from_config",
     "gaussian_blur",
     "gaussian_kernel_1d",
+    "pad_color_rgb",
     "pad_rgb",
     "pad_to_size",
     "random_blur",

@@ -71,9 +71,10 @@ def cityscapes_mapping() -> LabelMapping:
 def load_label_map(path: str, unmapped: str = "error") -> LabelMapping:
     """Reads a JSON or YAML mapping ``{raw value: train id}`` (train ids 0..254 or 255 = ignore).
 
-    The file may be a flat mapping, ``{"mapping": {...}, "class_names": [...]}`` or a dataset
+    The file may be a flat mapping, ``{"mapping": {...}, "class_names": [...]}``, a dataset
     description in the config's ``dataset:`` form (then its ``ignore_label`` is the ignore
-    label, unmapped values included).
+    label, unmapped values included), or an experiment config (``configs/*.yaml``, ``base:``
+    followed) whose ``dataset:`` section is that description.
     """
     if unmapped not in ("error", "ignore"):
         raise ConversionError(f"--unmapped must be 'error' or 'ignore', got {unmapped!r}")
@@ -91,6 +92,8 @@ def load_label_map(path: str, unmapped: str = "error") -> LabelMapping:
             data = json.loads(text)
     except Exception as e:
         raise ConversionError(f"{path}: cannot parse label map ({e})") from None
+    if isinstance(data, dict) and "label_map" not in data and ("dataset" in data or "base" in data):
+        data = _experiment_dataset_section(path)
     if isinstance(data, dict) and "label_map" in data:
         return _dataset_mapping(path, data, unmapped)
     names = ()
@@ -110,6 +113,18 @@ def load_label_map(path: str, unmapped: str = "error") -> LabelMapping:
             raise ConversionError(f"{path}: entry {raw}: {tid} out of range 0..255")
         lut[raw], known[raw] = tid, True
     return LabelMapping(lut=lut, known=known, unmapped=unmapped, kind="custom", class_names=names)
+
+
+def _experiment_dataset_section(path: str) -> dict:
+    """The ``dataset:`` section of the experiment config at ``path`` (its ``base:`` chain
+    merged, as training reads it)."""
+    from gscnn_tf.config import ConfigError, config_to_dict, load_config
+
+    try:
+        data = config_to_dict(load_config(path))["dataset"]
+    except ConfigError as e:
+        raise ConversionError(f"{path}: {e}") from None
+    return data
 
 
 def _dataset_mapping(path: str, data: dict, unmapped: str) -> LabelMapping:

@@ -135,11 +135,13 @@ def _source(data_config, split: str, training: bool, seed, input_context, determ
     """
     source = data_config.source
     if source == "tfrecord":
-        if split not in ("train", "val", "validation"):
-            raise ValueError(f"split {split!r}: the tfrecord source has data.train_pattern and data.val_pattern only")
-        pattern = data_config.train_pattern if split == "train" else data_config.val_pattern
-        field_name = "data.train_pattern" if split == "train" else "data.val_pattern"
-        return _tfrecord_source(pattern, field_name, training, seed, input_context, deterministic)
+        field_name = {"train": "train_pattern", "val": "val_pattern", "validation": "val_pattern",
+                      "test": "test_pattern"}.get(split)
+        if field_name is None:
+            raise ValueError(f"split {split!r}: the tfrecord source has train, val and test "
+                             "(data.train_pattern, data.val_pattern, data.test_pattern)")
+        return _tfrecord_source(getattr(data_config, field_name), "data." + field_name, training, seed,
+                                input_context, deterministic)
     if source == "tfds":
         from gscnn_tf.data import tfds_source
 

@@ -9,6 +9,7 @@ resume is a fresh shuffle, not a replay).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -76,16 +77,20 @@ def _steps_per_epoch(cfg: ExperimentConfig, train_records: Optional[int] = None)
 
 def _build_datasets(cfg: ExperimentConfig, strategy, seed, val_records=None):
     from gscnn_tf.data import pipeline
+    from gscnn_tf.data.augment import pad_color_rgb
+
+    # The pipeline knows no backbone: "mean" padding becomes that backbone's RGB mean here.
+    train_data = dataclasses.replace(cfg.data, pad_color=list(pad_color_rgb(cfg.data.pad_color, cfg.model.backbone)))
 
     replicas = strategy.num_replicas_in_sync
     if replicas > 1 or cfg.train.strategy == "multi_worker":
         train_ds = pipeline.make_distributed_train_dataset(
-            strategy, cfg.data, cfg.train.batch_size, seed=seed,
+            strategy, train_data, cfg.train.batch_size, seed=seed,
             boundary_radius=cfg.loss.boundary_radius, repeat=True, ignore_label=cfg.dataset.ignore_label,
         )
     else:
         train_ds = pipeline.build_train_dataset(
-            cfg.data, cfg.train.batch_size, seed=seed,
+            train_data, cfg.train.batch_size, seed=seed,
             boundary_radius=cfg.loss.boundary_radius, repeat=True, ignore_label=cfg.dataset.ignore_label,
         )
     val_ds = None

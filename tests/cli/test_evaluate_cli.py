@@ -81,3 +81,18 @@ def test_set_without_config_starts_from_the_runs_config(tiny_run, tmp_path, coun
     """(evaluate.py had this right before export did: a regression guard.)"""
     report = _evaluate(tiny_run, tmp_path / "eval", "--set", "eval.scales=[0.5]", "--distance-mode", "off")
     assert report["scales"] == [0.5] and int(counted[0].calls.numpy()) == 2
+
+
+def test_test_split_reads_data_test_pattern(tiny_run, synthetic_tfrecords, tmp_path, counted):
+    """--split test evaluates data.test_pattern (here the 8 training images), and says so."""
+    report = _evaluate(tiny_run, tmp_path / "eval", "--split", "test", "--distance-mode", "off",
+                       "--set", f"data.test_pattern={synthetic_tfrecords['train_pattern']}")
+    assert report["split"] == "test" and report["num_images"] == 8
+
+
+def test_test_split_without_a_pattern_names_the_field(tiny_run, tmp_path, capsys):
+    from gscnn_tf.cli.evaluate import main
+
+    assert main(["--checkpoint", tiny_run, "--out", str(tmp_path / "eval"), "--quiet", "--split", "test"]) != 0
+    assert "data.test_pattern" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "eval" / "metrics.json")

@@ -19,6 +19,7 @@ from conftest import TINY_MODEL
 from gscnn_tf.config import ConfigError, load_config
 from gscnn_tf.data import labels as cityscapes
 from gscnn_tf.data import shard_checks
+from gscnn_tf.data.cityscapes import ConversionError
 from gscnn_tf.data.label_maps import load_label_map
 from tfrecords_tools import convert_cityscapes as convert_cli
 
@@ -96,6 +97,24 @@ def test_one_file_describes_the_dataset_for_converter_and_config(toy):
                                      cfg.dataset) == 2
     # Predictions written back as source ids: the inverse of label_map.
     assert [int(v) for v in cfg.dataset.source_id_lut()[:5]] == list(SOURCE_IDS)
+
+
+def test_an_experiment_config_is_a_label_map_through_its_base_chain(toy, tmp_path):
+    """configs/camvid_*.yaml style: the experiment file (or one naming it as base) is --label-map."""
+    child = tmp_path / "toy_baseline.yaml"
+    child.write_text(f"base: {os.path.basename(toy['config'])}\nmodel: {{shape_stream: false}}\n")
+    for path in (toy["config"], str(child)):
+        mapping = load_label_map(path)
+        assert mapping.name == "toy" and list(mapping.class_names) == DESCRIPTION["class_names"]
+        expected = np.full(256, 200, np.uint8)
+        for source, train_id in DESCRIPTION["label_map"].items():
+            expected[source] = train_id
+        np.testing.assert_array_equal(mapping.lut, expected)
+        assert mapping.known.sum() == len(DESCRIPTION["label_map"])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("dataset: {class_names: [a, b], ignore_label: 1}\n")
+    with pytest.raises(ConversionError, match=r"broken.yaml: .*dataset.ignore_label"):
+        load_label_map(str(broken))
 
 
 def test_a_manifest_of_another_dataset_is_refused_naming_file_and_field(toy, capsys):

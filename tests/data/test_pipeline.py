@@ -104,21 +104,43 @@ def test_eval_without_filenames_and_eval_scale(shards):
         np.testing.assert_array_equal(targets["boundary"].numpy()[0], boundary_map(expected, 1.0, 255).numpy())
 
 
-def test_train_padding_is_black_and_ignored(tmp_path):
+def _padding_of_a_training_run(tmp_path, pad_color, backbone="mobilenetv2"):
+    """A training run's first batch (through training.run's dataset set-up, which resolves
+    ``pad_color: mean``) and, per image, the padded area (outside the scaled image)."""
+    from gscnn_tf.config import ExperimentConfig
+    from gscnn_tf.training.run import _build_datasets
+
     pattern, _, _ = write_shards(str(tmp_path), num_shards=1, per_shard=2, values=(0, 3, 11))  # no ignore
-    cfg = DataConfig(train_pattern=pattern, deterministic=True, crop_size=[40, 64], min_scale=0.5, max_scale=0.9)
-    image, targets = next(iter(pipeline.build_train_dataset(cfg, 2, seed=1)))
+    cfg = ExperimentConfig()
+    cfg.model.backbone = backbone
+    cfg.train.batch_size = 2
+    cfg.data = DataConfig(train_pattern=pattern, deterministic=True, crop_size=[40, 64], min_scale=0.5,
+                          max_scale=0.9, pad_color=pad_color, color_jitter=0.5, blur_prob=1.0)
+    train_ds, _ = _build_datasets(cfg, tf.distribute.get_strategy(), seed=1)
+    image, targets = next(iter(train_ds))
     label = targets["label"].numpy()
-    # Everything outside the scaled image's rectangle is padding: ignore label and exactly 0
-    # (black, as the official code pads; the model normalises afterwards).
+    outside = np.ones(label.shape, bool)
     for b in range(2):
         rows = np.nonzero((label[b] != 255).any(axis=1))[0]
         cols = np.nonzero((label[b] != 255).any(axis=0))[0]
-        outside = np.ones(label.shape[1:], bool)
-        outside[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] = False
-        assert outside.any()  # scale <= 0.9 of a 24x40 image never fills 40x64
-        assert (label[b][outside] == 255).all()
-        assert np.abs(image.numpy()[b][outside]).max() == 0.0
+        outside[b, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] = False
+        assert outside[b].any()  # scale <= 0.9 of a 24x40 image never fills 40x64
+    return image.numpy(), label, outside
+
+
+@pytest.mark.parametrize("setting, backbone, rgb", [
+    ("black", "mobilenetv2", (0, 0, 0)),
+    ([10, 200, 30], "mobilenetv2", (10, 200, 30)),
+    # Keras' MobileNetV2 scales to [-1, 1]: its mean is 127.5; Keras' ResNet weights are Caffe's
+    # (ImageNet mean in RGB order 123.68, 116.779, 103.939).
+    ("mean", "mobilenetv2", (127.5, 127.5, 127.5)),
+    ("mean", "resnet50", (123.68, 116.779, 103.939)),
+])
+def test_train_padding_colour_follows_data_pad_color(tmp_path, setting, backbone, rgb):
+    image, label, outside = _padding_of_a_training_run(tmp_path, setting, backbone)
+    assert (label[outside] == 255).all()
+    np.testing.assert_allclose(image[outside], np.broadcast_to(np.float32(rgb), (outside.sum(), 3)), atol=1e-4)
+    assert not np.allclose(image[~outside], np.float32(rgb))  # the image itself is not the pad colour
 
 
 def test_train_batches_targets_and_determinism(shards):
@@ -200,7 +222,9 @@ def test_missing_or_empty_pattern_errors(tmp_path):
         pipeline.build_train_dataset(DataConfig(), 2)
     with pytest.raises(ValueError, match="unknown data.source"):
         pipeline.build_train_dataset(DataConfig(source="csv", train_pattern=pattern), 2)
-    with pytest.raises(ValueError, match="split 'test'"):
+    with pytest.raises(ValueError, match="split 'extra'"):
+        pipeline.build_eval_dataset(DataConfig(val_pattern=pattern), split="extra")
+    with pytest.raises(ValueError, match="data.test_pattern is empty"):
         pipeline.build_eval_dataset(DataConfig(val_pattern=pattern), split="test")
 
 

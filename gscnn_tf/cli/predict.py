@@ -1,6 +1,6 @@
 """``predict.py``: segment image files or folders with a SavedModel export or a checkpoint.
 
-Per image ``<name>``: ``<name>_seg.png`` (Cityscapes colours), ``<name>_overlay.png``,
+Per image ``<name>``: ``<name>_seg.png`` (the dataset's colours), ``<name>_overlay.png``,
 ``<name>_edges.png`` and with ``--label-ids`` ``<name>_labelIds.png``. Two inputs never
 share outputs: names that would collide get ``_2``, ``_3``, ... (logged). Only regular
 files up to ``--max-file-size`` are read (a FIFO or a device is reported, not read).
@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the colour mask in <name>_overlay.png, 0 = photo only, 1 = mask only "
                    "(default 0.5)")
     p.add_argument("--label-ids", action="store_true",
-                   help="also write <name>_labelIds.png with Cityscapes label ids (official evaluation format)")
+                   help="also write <name>_labelIds.png in the dataset's own label values (for Cityscapes its label "
+                   "ids, the official evaluation format)")
     p.add_argument("--recursive", action="store_true", help="also look for images in sub-folders of input folders")
     p.add_argument("--config", default=None,
                    help="experiment YAML for a weights checkpoint without config.yaml (ignored for SavedModels)")

@@ -40,12 +40,6 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    # Under pytest-xdist (--dist loadgroup, scripts/run_tests.sh) a test file stays in one worker
-    # unless it groups its tests itself (test_docs.py: one group per document), so its
-    # module-scoped fixtures (a trained run, an export) are built once, not once per worker.
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
     if config.getoption("--runslow"):
         return
     skip = pytest.mark.skip(reason="slow; run with --runslow")

@@ -516,11 +516,10 @@ def _doc_run(doc_runs, tmp_path_factory, doc):
     return doc_runs[doc]
 
 
-# One xdist group per document: its blocks run in order in one worker (scripts/run_tests.sh
-# runs pytest with --dist loadgroup), so no worker repeats another's earlier blocks.
-@pytest.mark.parametrize("block", [
-    pytest.param(b, id=b.id, marks=[pytest.mark.xdist_group(b.doc)] + ([] if b.doc in FAST_DOCS else [pytest.mark.slow]))
-    for b in BLOCKS])
+# scripts/run_tests.sh runs pytest-xdist with --dist loadfile: every block runs in one worker, in
+# order, so no worker repeats another's earlier blocks.
+@pytest.mark.parametrize("block", [pytest.param(b, id=b.id, marks=() if b.doc in FAST_DOCS else pytest.mark.slow)
+                                   for b in BLOCKS])
 @pytest.mark.timeout(BLOCK_TIMEOUT_S + 120)
 def test_block(block, doc_runs, tmp_path_factory):
     run = _doc_run(doc_runs, tmp_path_factory, block.doc)

@@ -6,7 +6,7 @@ range that reaches below ``crop / image`` (the CamVid study in docs/RESULTS.md: 
 360x480 frames, scales 0.25-1.0, so about 40 % of the crops are partly padding).
 
     python bench/padding_study.py --config configs/camvid_deeplabv3plus.yaml --out runs/padding_study \\
-        --set data.min_scale=0.25 --set data.max_scale=1.0 --set train.epochs=3 --set train.validation_freq=3
+        --set data.min_scale=0.25 --set data.max_scale=1.0 --set train.epochs=2 --set train.validation_freq=2
 
 Each run is ``OUT/<setting>_seed<N>`` (``train_keras.py --model-dir``), so a rerun skips finished
 runs and resumes an interrupted one. The table goes to ``OUT/padding_study.md`` and stdout.

@@ -172,7 +172,9 @@ def test_killed_parallel_conversion_leaves_no_orphan_workers(cs_src, tmp_path, s
     time.sleep(0.5)
     proc.send_signal(sig)
     proc.wait(timeout=30)
-    deadline = time.time() + 10
+    # A worker whose parent was killed may still be starting (importing TensorFlow: seconds, more on a
+    # loaded machine); it exits as soon as its initialiser sees the parent gone.
+    deadline = time.time() + 90
     while time.time() < deadline and any(_alive(p) for p in workers):
         time.sleep(0.1)
     orphans = [p for p in workers if _alive(p)]
@@ -191,11 +193,13 @@ def test_killed_parallel_conversion_leaves_no_orphan_workers(cs_src, tmp_path, s
 
 
 SLOW_CONVERT = """
-import sys, time
+import glob, os, sys, time
 from gscnn_tf.data import shards
 encode = shards.encode_sample
-def slow(*args):  # half a second per image: the stop lands while shards are being written
-    time.sleep(0.5)
+out = sys.argv[sys.argv.index("--out") + 1]
+def slow(*args):  # once a first shard is complete (the test's cue to stop), 10 s per image: the stop
+    # lands while shards are being written even when the test process is slow to send it
+    time.sleep(10 if glob.glob(os.path.join(out, ".*.tfrecord.json")) else 0.5)
     return encode(*args)
 shards.encode_sample = slow
 from tfrecords_tools.convert_cityscapes import main

@@ -5,7 +5,7 @@ epoch, validation columns empty on epochs without validation) and plots the chos
 (default ``val_miou``, in %) against the epoch number (1-based, as the training log prints).
 
     python bench/plot_learning_curves.py runs/camvid_gscnn runs/camvid_deeplabv3plus \\
-        --labels Gated-SCNN DeepLabV3+ --out docs/camvid_learning_curves.png
+        --labels Gated-SCNN DeepLabV3+ --out runs/camvid_val_miou.png
 
 Uses matplotlib, which the package's dependencies already install (cityscapesscripts needs it).
 """

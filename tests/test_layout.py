@@ -3,7 +3,7 @@
 Layers, bottom to top (a module may import its own layer and the ones below):
 
 0. ``utils``                              helpers with no Gated-SCNN knowledge
-1. ``config``, ``data.labels``            typed configs; the label tables (NumPy only)
+1. ``config``, ``data.labels``, ``deploy``   typed configs; the label tables; LiteRT/ONNX runners (no TensorFlow)
 2. ``layers``, ``losses``, ``metrics``, ``backbones``   ``keras.ops`` code (runs on JAX too)
 3. ``model``                              ``GatedSCNN``
 4. ``data``, ``checkpoint_import``        TensorFlow input pipeline; weights trained elsewhere
@@ -23,7 +23,7 @@ import re
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RANKS = {"utils": 0, "config": 1, "data.labels": 1, "layers": 2, "losses": 2, "metrics": 2, "backbones": 2,
+RANKS = {"utils": 0, "config": 1, "data.labels": 1, "deploy": 1, "layers": 2, "losses": 2, "metrics": 2, "backbones": 2,
          "model": 3, "data": 4, "checkpoint_import": 4, "training": 5, "export": 6, "prediction": 7,
          "evaluation": 8, "cli": 9}
 TOP_LEVEL_MODULES = {"__init__.py", "config.py", "model.py"}  # everything else lives in a package

@@ -32,6 +32,7 @@ results do not depend on TF32/cuDNN/oneDNN numerics.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import keras
@@ -114,6 +115,10 @@ class CannyEdges(keras.layers.Layer):
         input_mode: ``"rgb"`` (default: round and clip the 0..255 input) or
             ``"official_uint8_wrap"`` (``floormod(trunc(x), 256)`` of the normalised input;
             see the module docstring).
+        portable: hysteresis on plain int32 maps (a 3x3 maximum per step) instead of
+            bit-packed words, so the graph has no bitwise ops: LiteRT's builtin ops and ONNX
+            have none of TensorFlow's BitwiseAnd/Or and LeftShift. Same output; slower on
+            TensorFlow. The LiteRT and ONNX exports switch it on (:func:`portable_canny`).
     """
 
     def __init__(
@@ -124,6 +129,7 @@ class CannyEdges(keras.layers.Layer):
         max_hysteresis_iterations=1000,
         l2_gradient=False,
         input_mode="rgb",
+        portable=False,
         **kwargs,
     ):
         # Integer-exact pipeline: never let a mixed policy make this layer compute in float16.
@@ -144,6 +150,7 @@ class CannyEdges(keras.layers.Layer):
             None if max_hysteresis_iterations is None else int(max_hysteresis_iterations)
         )
         self.l2_gradient = bool(l2_gradient)
+        self.portable = bool(portable)
 
         low, high = self.low_threshold, self.high_threshold
         if low > high:
@@ -174,7 +181,7 @@ class CannyEdges(keras.layers.Layer):
         p = ops.pad(img, [[0, 0], [r, r], [r, r], [0, 0]], mode="reflect")  # = BORDER_REFLECT_101
         h = sum(k[i] * _window(p, 2, i, n) for i in range(n))  # (B, H+2r, W, C), units 1/256
         v = sum(k[i] * _window(h, 1, i, n) for i in range(n))  # (B, H, W, C), units 1/65536, < 2^24
-        return ops.right_shift(v + 32768, 16)
+        return ops.floor_divide(v + 32768, 65536)  # v >= 0: the shift right by 16, as arithmetic
 
     @staticmethod
     def _replicate_pad(x):
@@ -201,14 +208,16 @@ class CannyEdges(keras.layers.Layer):
         def nb(di, dj):  # neighbour at row offset di, column offset dj
             return _shift(p, di, dj)
 
+        # OpenCV's shifts written as products (exact: |dx|, |dy| <= 1020, so all values < 2^27),
+        # which every runtime has as a builtin (LiteRT has no LeftShift without TF's Flex ops).
         ax = ops.abs(dx)
-        ay = ops.left_shift(ops.abs(dy), _SHIFT)
+        ay = ops.abs(dy) * (1 << _SHIFT)
         tg22x = ax * _TG22
-        tg67x = tg22x + ops.left_shift(ax, 16)
+        tg67x = tg22x + ax * (1 << 16)
         horizontal = ay < tg22x
         vertical = ops.logical_and(ops.logical_not(horizontal), ay > tg67x)
-        # OpenCV: s = (dx ^ dy) < 0 ? -1 : 1, neighbours (i-1, j-s) and (i+1, j+s).
-        opposite = ops.less(ops.bitwise_xor(dx, dy), 0)
+        # OpenCV: s = (dx ^ dy) < 0 ? -1 : 1 (the signs differ), neighbours (i-1, j-s) and (i+1, j+s).
+        opposite = ops.not_equal(dx < 0, dy < 0)
         keep_h = ops.logical_and(mag > nb(0, -1), mag >= nb(0, 1))
         keep_v = ops.logical_and(mag > nb(-1, 0), mag >= nb(1, 0))
         keep_d = ops.where(
@@ -229,6 +238,8 @@ class CannyEdges(keras.layers.Layer):
         the whole layer from ~240 to ~120 ms of CPU time (a float ``max_pool`` step was ~7x
         slower still).
         """
+        if self.portable:
+            return self._hysteresis_dense(candidates, strong)
         width = ops.shape(candidates)[2]
         cand = _pack_bits(candidates)
 
@@ -256,6 +267,28 @@ class CannyEdges(keras.layers.Layer):
             maximum_iterations=self.max_hysteresis_iterations,
         )
         return ops.cast(_unpack_bits(edges, width), "float32")[..., None]
+
+    def _hysteresis_dense(self, candidates, strong):
+        """``_hysteresis`` on int32 {0, 1} maps: one 3x3 maximum (separable) per step."""
+        cand = ops.cast(candidates, "int32")
+
+        def dilate(m):
+            p = ops.pad(m, [[0, 0], [1, 1], [1, 1]])
+            rows = ops.maximum(ops.maximum(p[:, :-2], p[:, 1:-1]), p[:, 2:])
+            return ops.maximum(ops.maximum(rows[:, :, :-2], rows[:, :, 1:-1]), rows[:, :, 2:])
+
+        def cond(edges, changed):
+            return changed
+
+        def body(edges, changed):
+            grown = dilate(edges) * cand
+            return grown, ops.any(ops.not_equal(grown, edges))
+
+        edges, _ = ops.while_loop(
+            cond, body, (ops.cast(strong, "int32"), ops.convert_to_tensor(True)),
+            maximum_iterations=self.max_hysteresis_iterations,
+        )
+        return ops.cast(edges, "float32")[..., None]
 
     # ------------------------------------------------------------------ layer API
     def call(self, inputs):
@@ -287,8 +320,29 @@ class CannyEdges(keras.layers.Layer):
             max_hysteresis_iterations=self.max_hysteresis_iterations,
             l2_gradient=self.l2_gradient,
             input_mode=self.input_mode,
+            portable=self.portable,
         )
         return config
+
+
+@contextlib.contextmanager
+def portable_canny(model):
+    """Within the block, every :class:`CannyEdges` in ``model`` (nested models included) traces
+    its portable graph (no bitwise ops), for exports to LiteRT and ONNX; restored afterwards."""
+    def walk(layer):  # a Model's public ``layers``, recursively (Canny lives in the GatedSCNN graph)
+        yield layer
+        for sub in getattr(layer, "layers", ()):
+            yield from walk(sub)
+
+    layers = [layer for layer in walk(model) if isinstance(layer, CannyEdges)]
+    saved = [layer.portable for layer in layers]
+    try:
+        for layer in layers:
+            layer.portable = True
+        yield layers
+    finally:
+        for layer, value in zip(layers, saved):
+            layer.portable = value
 
 
 def _shift(p, di, dj):

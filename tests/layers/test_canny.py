@@ -110,10 +110,11 @@ def test_f_score_helper_discriminates():
     assert f_score(np.roll(edges, 3, axis=1), edges) == 0.0
 
 
+@pytest.mark.parametrize("portable", [False, True], ids=["bitpacked", "portable"])
 @pytest.mark.parametrize("name", sorted(PHOTOS))
-def test_matches_cv2_canny_on_photos(name):
+def test_matches_cv2_canny_on_photos(name, portable):
     img = PHOTOS[name]()
-    out = run(CannyEdges(), img[None])
+    out = run(CannyEdges(portable=portable), img[None])
     assert out.shape == (1,) + img.shape[:2] + (1,) and out.dtype == np.float32
     assert set(np.unique(out)) <= {0.0, 1.0}
     assert_matches(out[0, ..., 0], cv2.Canny(img, 10, 100), name)
@@ -223,10 +224,12 @@ def test_smoothing_matches_gaussian_blur_then_canny(sigma):
 
 
 # ----------------------------------------------------------------------------- hysteresis bound
-def test_hysteresis_bound_trades_edges_for_iterations():
+@pytest.mark.parametrize("portable", [False, True], ids=["bitpacked", "portable"])
+def test_hysteresis_bound_trades_edges_for_iterations(portable):
     img = skdata.coffee()[:200, :300]
     ref = cv2.Canny(img, 10, 100) > 0
-    outs = {n: run(CannyEdges(max_hysteresis_iterations=n), img[None])[0, ..., 0] > 0 for n in (0, 2, 8, None)}
+    outs = {n: run(CannyEdges(max_hysteresis_iterations=n, portable=portable), img[None])[0, ..., 0] > 0
+            for n in (0, 2, 8, None)}
     assert_matches(outs[None], ref, "unbounded")
     counts = [outs[n].sum() for n in (0, 2, 8)]
     assert counts[0] < counts[1] < counts[2] < ref.sum()  # each bound drops some weak chains
@@ -239,6 +242,26 @@ def test_hysteresis_bound_trades_edges_for_iterations():
         if n in outs:
             assert_matches(outs[n], grown, f"bound {n}")
         grown = (cv2.dilate(grown.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0) & candidates
+
+
+def test_portable_graph_has_no_bitwise_ops_and_the_switch_is_restored():
+    from gscnn_tf.layers.canny import portable_canny
+
+    inputs = keras.Input((None, None, 3))
+    inner = keras.Model(inputs, CannyEdges(name="canny")(inputs))
+    outer = keras.Model(inputs, inner(inputs))  # nested, as GatedSCNN inside an export wrapper
+
+    def op_types():
+        fn = tf.function(lambda x: outer(x)).get_concrete_function(tf.TensorSpec((1, 32, 32, 3), tf.float32))
+        graph = fn.graph.as_graph_def()  # the while loop's body is a library function
+        return {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+
+    bit_ops = {"BitwiseAnd", "BitwiseOr", "BitwiseXor", "LeftShift", "RightShift"}
+    assert op_types() & bit_ops  # the default (bit-packed) graph uses them ...
+    with portable_canny(outer) as layers:
+        assert [layer.name for layer in layers] == ["canny"]
+        assert not op_types() & bit_ops  # ... the portable one does not
+    assert layers[0].portable is False
 
 
 # ----------------------------------------------------------------------------- Keras integration

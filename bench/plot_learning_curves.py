@@ -23,7 +23,8 @@ LOG_NAME = "training_log.csv"
 
 def read_curve(run_dir: str, column: str = "val_miou") -> Tuple[List[int], List[float]]:
     """``(epochs, values)`` of ``column`` in ``run_dir``'s training log; epochs are 1-based and
-    rows where the column is empty (no validation that epoch) or not finite are left out."""
+    rows where the column is empty or ``NA`` (Keras' CSVLogger for an epoch without validation) or
+    not finite are left out."""
     path = os.path.join(run_dir, LOG_NAME) if os.path.isdir(run_dir) else run_dir
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -35,7 +36,7 @@ def read_curve(run_dir: str, column: str = "val_miou") -> Tuple[List[int], List[
     epochs, values = [], []
     for row in rows:
         text = (row.get(column) or "").strip()
-        if not text:
+        if text in ("", "NA"):
             continue
         value = float(text)
         if math.isfinite(value):

@@ -19,13 +19,14 @@ def _script():
 
 
 def _write_log(run_dir, val_miou):
-    """A training_log.csv as Keras' CSVLogger writes it: validation columns empty when not run."""
+    """A training_log.csv as Keras' CSVLogger writes it: ``NA`` in the validation columns of an epoch
+    without validation (seen in real run logs: the first epoch of validation_freq=2)."""
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "training_log.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["epoch", "loss", "miou", "val_loss", "val_miou"])
         for epoch, v in enumerate(val_miou):
-            w.writerow([epoch, 1.0 / (epoch + 1), 0.1 * epoch] + (["", ""] if v is None else [2.0, v]))
+            w.writerow([epoch, 1.0 / (epoch + 1), 0.1 * epoch] + (["NA", "NA"] if v is None else [2.0, v]))
 
 
 def test_curve_skips_epochs_without_validation_and_counts_from_one(tmp_path):

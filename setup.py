@@ -30,6 +30,10 @@ setup(
                  "jax>=0.5", "ruff>=0.6"],
         # convert: PyTorch reads the official Gated-SCNN .pth checkpoint (import_official_checkpoint.py).
         "convert": ["torch>=2.6"],
+        # litert / onnx: run exported .tflite / .onnx files (gscnn_tf.deploy, predict.py --model FILE);
+        # tf2onnx is what Keras' ONNX export calls.
+        "litert": ["ai-edge-litert>=2.0"],
+        "onnx": ["onnxruntime>=1.20", "tf2onnx>=1.16", "onnx>=1.16"],
     },
     entry_points={
         "console_scripts": [

@@ -7,14 +7,24 @@ Importing the package registers every Gated-SCNN layer, loss and metric with Ker
 ``import gscnn_tf`` is all ``keras.saving.load_model("model.keras")`` needs. On the TensorFlow
 backend, TensorFlow is imported first with its start-up noise filtered
 (:mod:`gscnn_tf.utils.quiet_tensorflow`).
+
+On a deployment machine with neither Keras nor TensorFlow installed, the package still
+imports (without the model), so that :mod:`gscnn_tf.deploy` runs LiteRT / ONNX files there.
 """
+
 from gscnn_tf.utils.quiet_tensorflow import import_tensorflow_quietly as _import_tensorflow_quietly
 from gscnn_tf.utils.quiet_tensorflow import keras_backend_name as _keras_backend_name
 
-if _keras_backend_name() == "tensorflow":
-    _import_tensorflow_quietly()
+try:
+    if _keras_backend_name() == "tensorflow":
+        _import_tensorflow_quietly()
+    import keras as _keras  # noqa: F401
+except ModuleNotFoundError as _missing:
+    if _missing.name not in ("keras", "tensorflow", _keras_backend_name()):
+        raise  # a broken install, not a missing framework
+    __all__ = []  # a runtime-only install (ai-edge-litert / onnxruntime): gscnn_tf.deploy only
+else:
+    from gscnn_tf import layers, losses, metrics  # noqa: F401  (registers the Keras objects)
+    from gscnn_tf.model import GatedSCNN  # noqa: F401
 
-from gscnn_tf import layers, losses, metrics  # noqa: E402,F401  (registers the Keras objects)
-from gscnn_tf.model import GatedSCNN  # noqa: E402
-
-__all__ = ["GatedSCNN"]
+    __all__ = ["GatedSCNN"]

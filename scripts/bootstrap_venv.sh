@@ -15,7 +15,7 @@ want=$(sha256sum "$root/setup.py" | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[bootstrap] installing gscnn_tf and dependencies into $venv (first run takes a few minutes)" >&2
   "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
-  "$venv/bin/python" -m pip install --quiet -e "$root[test]" >&2
+  "$venv/bin/python" -m pip install --quiet -e "$root[test,litert,onnx]" >&2
   echo "$want" > "$stamp"
 fi
 echo "$venv/bin/python"

@@ -1,10 +1,15 @@
-"""``export_savedmodel.py``: a training checkpoint -> versioned SavedModel for TF Serving.
+"""``export_savedmodel.py``: a training checkpoint -> versioned SavedModel for TF Serving, or a
+LiteRT / ONNX file (``--format``) for phones, edge boxes and ONNX Runtime.
 
-Writes ``<export-dir>/<version>/`` (version = next integer unless ``--version``) atomically:
+SavedModel (the default): writes ``<export-dir>/<version>/`` (version = next integer unless ``--version``) atomically:
 a temporary directory next to it is renamed only once the SavedModel, its assets
 (``assets/labels.json``, ``assets/config.yaml``) and the warmup requests
 (``assets.extra/tf_serving_warmup_requests``) are written and, unless ``--no-verify``, the
 reloaded SavedModel reproduced the in-memory model's class maps. See docs/SERVING.md.
+
+``--format litert|onnx``: writes ``<export-dir>/gscnn_<H>x<W>_<quantization>.tflite|.onnx`` (or
+``--output``) and its ``.json`` sidecar, for a fixed input size; published only after the file,
+run in its own runtime, reproduced the Keras model's class maps. See docs/DEPLOYMENT.md.
 """
 from __future__ import annotations
 
@@ -45,10 +50,30 @@ def build_parser() -> argparse.ArgumentParser:
                    "--set model.num_classes=19 (repeatable; value parsed as YAML)")
     p.add_argument("--export-dir", required=True,
                    help="model base directory: the version is written to EXPORT_DIR/VERSION (what TF Serving's "
-                   "--model_base_path points at)")
+                   "--model_base_path points at); LiteRT / ONNX files are written into it")
+    p.add_argument("--format", choices=("saved_model", "litert", "onnx"), default="saved_model",
+                   help="saved_model: a versioned SavedModel for TF Serving (default); litert: a .tflite file for "
+                   "LiteRT (phones, edge boxes; builtin ops only); onnx: an .onnx file for ONNX Runtime")
+    p.add_argument("--image-size", type=_size, default=None, metavar="HxW",
+                   help="litert / onnx: the file's fixed input size (multiples of the model stride, e.g. 360x480); "
+                   "the runner pads smaller images and tiles larger ones (required for these formats)")
+    p.add_argument("--quantization", choices=("float32", "float16", "dynamic", "int8"), default="float32",
+                   help="litert: float32; float16 (half-size weights); dynamic (int8 weights, float activations); "
+                   "int8 (weights and activations, calibrated on --representative-shards). onnx: float32 only")
+    p.add_argument("--representative-shards", default=None, metavar="GLOB",
+                   help="litert / onnx: TFRecord shards (e.g. the training split) whose first images calibrate int8 "
+                   "and serve as the self-check images (default: synthetic images for the self-check)")
+    p.add_argument("--representative-images", type=int, default=32, metavar="N",
+                   help="how many images to read from --representative-shards (default 32)")
+    p.add_argument("--no-edge-output", action="store_true",
+                   help="litert / onnx: output the class map only, not the edge map")
+    p.add_argument("--output", default=None, metavar="FILE",
+                   help="litert / onnx: the file to write (default: EXPORT_DIR/gscnn_<H>x<W>_<quantization>.tflite "
+                   "or .onnx)")
     p.add_argument("--version", type=int, default=None,
                    help="version number (positive integer); default: one more than the highest existing version")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing version (default: refuse)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing version or file (default: refuse)")
     p.add_argument("--with-probabilities", action="store_true",
                    help="also output per-pixel softmax probabilities (B,H,W,K) float32 (large responses)")
     p.add_argument("--pad-mode", choices=("edge", "mean"), default="edge",
@@ -85,6 +110,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args)
     from gscnn_tf.config import ConfigError
+    from gscnn_tf.deploy.runtime import DeployError
     from gscnn_tf.export.saved_model import ExportError, export_saved_model
     from gscnn_tf.training.checkpoints import CheckpointError, load_inference_model
 
@@ -97,6 +123,8 @@ def main(argv=None) -> int:
         if args.version is not None and args.version < 1:
             raise ExportError(f"--version {args.version}: TF Serving needs a positive integer")
         model, config = load_inference_model(args.checkpoint, config)
+        if args.format != "saved_model":
+            return _export_file(args, model, config)
         path = export_saved_model(
             model,
             config,
@@ -115,9 +143,35 @@ def main(argv=None) -> int:
             verify=not args.no_verify,
             source=args.checkpoint,
         )
-    except (CheckpointError, ConfigError, ExportError, FileExistsError, FileNotFoundError, OSError, ValueError) as exc:
+    except (CheckpointError, ConfigError, DeployError, ExportError, FileExistsError, FileNotFoundError, OSError,
+            ValueError) as exc:
         print(f"export_savedmodel: error: {exc}", file=sys.stderr)
         return 2
+    print(path)
+    return 0
+
+
+def _export_file(args, model, config) -> int:
+    """--format litert | onnx (errors propagate to main's handler)."""
+    import os
+
+    from gscnn_tf.export.file_export import default_file_name, export_model_file, representative_images
+    from gscnn_tf.export.saved_model import ExportError
+
+    if args.image_size is None:
+        raise ExportError(f"--format {args.format} needs --image-size HxW (the file's fixed input size)")
+    if args.representative_images < 1:
+        raise ExportError(f"--representative-images {args.representative_images}: must be >= 1")
+    path = args.output or os.path.join(args.export_dir, default_file_name(args.format, args.image_size,
+                                                                          args.quantization))
+    representative = (representative_images(args.representative_shards, args.representative_images, args.image_size)
+                      if args.representative_shards else None)
+    metadata = export_model_file(model, config, path, args.format, args.image_size, args.quantization,
+                                 representative=representative, with_edges=not args.no_edge_output,
+                                 overwrite=args.overwrite, source=args.checkpoint)
+    check = metadata["self_check"]
+    logger.info("wrote %s (%d bytes); class maps agree with the Keras model on %.3f %% of pixels", path,
+                metadata["file_bytes"], 100 * check["class_agreement"])
     print(path)
     return 0
 

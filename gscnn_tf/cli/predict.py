@@ -1,4 +1,5 @@
-"""``predict.py``: segment image files or folders with a SavedModel export or a checkpoint.
+"""``predict.py``: segment image files or folders with a SavedModel export, a checkpoint, or a
+LiteRT (``.tflite``) / ONNX (``.onnx``) file from ``export_savedmodel.py --format``.
 
 Per image ``<name>``: ``<name>_seg.png`` (the dataset's colours), ``<name>_overlay.png``,
 ``<name>_edges.png`` and with ``--label-ids`` ``<name>_labelIds.png``. Two inputs never
@@ -36,8 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment images with Gated-SCNN and write colour masks, overlays and edge maps.",
     )
     p.add_argument("--model", required=True,
-                   help="a SavedModel (version directory, or export directory: its highest version) or a "
-                   "training checkpoint (run directory, .weights.h5 with config.yaml, or .keras)")
+                   help="a SavedModel (version directory, or export directory: its highest version), a "
+                   "training checkpoint (run directory, .weights.h5 with config.yaml, or .keras), or a .tflite / .onnx "
+                   "file from export_savedmodel.py --format litert|onnx (run by LiteRT / ONNX Runtime, no TensorFlow "
+                   "in the model path; images of another size are padded or tiled)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help=".tflite / .onnx: the runtime's CPU threads (default: the runtime's choice)")
     p.add_argument("--input", required=True, nargs="+", metavar="IMG_OR_DIR",
                    help="image files and/or folders of images (.png .jpg .jpeg .bmp .gif .webp)")
     p.add_argument("--output", default="predictions",
@@ -67,6 +72,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args)
     from gscnn_tf.config import ConfigError
+    from gscnn_tf.deploy.runtime import DeployError
     from gscnn_tf.prediction.files import ImageReadError, find_images, load_predictor, predict_files
     from gscnn_tf.training.checkpoints import CheckpointError
 
@@ -74,14 +80,15 @@ def main(argv=None) -> int:
         items = find_images(args.input, recursive=args.recursive)
         if not items:
             raise FileNotFoundError(f"{', '.join(args.input)}: no images found")
-        predictor = load_predictor(args.model, config_path=args.config, version=args.version)
+        predictor = load_predictor(args.model, config_path=args.config, version=args.version,
+                                   num_threads=args.threads)
         summary = predict_files(predictor, items, args.output, alpha=args.overlay_alpha, label_ids=args.label_ids,
                                 fail_fast=args.fail_fast, progress=not args.quiet and sys.stderr.isatty(),
                                 max_bytes=args.max_file_size)
     except ImageReadError as exc:
         print(f"predict: error: {exc}", file=sys.stderr)
         return 1
-    except (CheckpointError, ConfigError, FileNotFoundError, OSError, ValueError) as exc:
+    except (CheckpointError, ConfigError, DeployError, FileNotFoundError, OSError, ValueError) as exc:
         print(f"predict: error: {exc}", file=sys.stderr)
         return 2
     logger.info("wrote outputs for %d image(s) to %s", len(summary.written), args.output)

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 DEFAULT_MAX_FILE_BYTES = 64 * 2**20  # an image file larger than this is refused unread
+FILE_KINDS = ("litert", "onnx")  # Predictor kinds run by gscnn_tf.deploy rather than TensorFlow
 
 
 class ImageReadError(ValueError):
@@ -44,21 +45,33 @@ class Predictor:
 
         self._fn = fn
         self.source = source
-        self.kind = kind  # "saved_model" or "checkpoint"
+        self.kind = kind  # "saved_model", "checkpoint", or a model file's "litert" / "onnx"
         self.dataset = dataset if dataset is not None else DatasetConfig()
 
     def __call__(self, image: np.ndarray) -> dict:
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}")
+        if self.kind in FILE_KINDS:  # gscnn_tf.deploy: NumPy in, NumPy out, any image size
+            return self._fn(image)
         out = self._fn(tf.constant(image[None]))
         return {key: value.numpy()[0] for key, value in out.items()}
 
 
 def load_predictor(path: str, config_path: Optional[str] = None, version: Optional[int] = None,
-                   with_probabilities: bool = False) -> Predictor:
-    """A SavedModel (a version dir or an export root: highest version) or any checkpoint
-    :func:`gscnn_tf.training.checkpoints.load_inference_model` accepts."""
+                   with_probabilities: bool = False, num_threads: Optional[int] = None) -> Predictor:
+    """A LiteRT ``.tflite`` or ONNX ``.onnx`` file (:mod:`gscnn_tf.deploy`; ``num_threads`` for
+    its runtime), a SavedModel (a version dir or an export root: highest version) or any
+    checkpoint :func:`gscnn_tf.training.checkpoints.load_inference_model` accepts."""
+    from gscnn_tf.deploy.runtime import file_format, load_model_file
+
+    if file_format(path):
+        from gscnn_tf.config import config_from_dict
+
+        deployed = load_model_file(path, num_threads=num_threads)
+        logger.info("loaded %s file %s (input %dx%d)", deployed.metadata["format"], path, *deployed.image_size)
+        dataset = config_from_dict({"dataset": deployed.metadata["dataset"], "model": deployed.metadata["model"]}).dataset
+        return Predictor(deployed.predict, path, deployed.metadata["format"], dataset)
     from gscnn_tf.export.serving_graph import build_serving_module
     from gscnn_tf.export.signatures import IMAGE_TENSOR_SIGNATURE, TENSOR_INPUT
     from gscnn_tf.export.versions import find_saved_model, is_saved_model_path
@@ -215,7 +228,10 @@ def write_outputs(image: np.ndarray, result: dict, output_dir: str, name: str, a
     colors = None if dataset is None else dataset.class_colors
     visualize.write_png(paths["seg"], visualize.color_mask(classes, colors))
     visualize.write_png(paths["overlay"], visualize.overlay(image, classes, alpha, colors))
-    visualize.write_png(paths["edges"], visualize.edge_image(result["edge"]))
+    if "edge" in result:  # a LiteRT / ONNX file exported with --no-edge-output has none
+        visualize.write_png(paths["edges"], visualize.edge_image(result["edge"]))
+    else:
+        paths.pop("edges")
     if label_ids:
         source_ids = None if dataset is None else dataset.source_id_lut()
         visualize.write_png(paths["label_ids"], visualize.label_ids_image(classes, source_ids))

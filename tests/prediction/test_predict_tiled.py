@@ -49,8 +49,8 @@ def read_png(path):
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
-    """The local-context model as a checkpoint (model.keras + config.yaml) and as a SavedModel exported
-    without probabilities, and a pointwise model's checkpoint."""
+    """The local-context model as a checkpoint (model.keras + config.yaml) and as SavedModels exported
+    without and with probabilities, and a pointwise model's checkpoint."""
     root = tmp_path_factory.mktemp("tiled_models")
     out = {}
     for name, model in (("local", build_local_model()), ("pointwise", build_tiny_model())):
@@ -59,8 +59,9 @@ def sources(tmp_path_factory):
         model.save(str(run / "model.keras"))
         save_config(standin_config(), str(run / "config.yaml"))
         out[name] = str(run / "model.keras")
-    out["export"] = sm.export_saved_model(build_local_model(), standin_config(), str(root / "export"), warmup=False,
-                                          verify=False)
+    for name, probabilities in (("export", False), ("export_probabilities", True)):
+        out[name] = sm.export_saved_model(build_local_model(), standin_config(), str(root / name), warmup=False,
+                                          verify=False, with_probabilities=probabilities)
     return out
 
 
@@ -154,11 +155,15 @@ def test_predict_cli_refuses_a_decompression_bomb_and_tiles_large_images(sources
 
     # with tiling: the image above the limit is predicted in tiles, from a checkpoint and from a SavedModel
     whole = read_png(out / "big_seg.png")
-    for source in ("local", "export"):
+    for source in ("local", "export", "export_probabilities"):
+        assert files.load_predictor(sources[source]).has_probabilities == (source == "export_probabilities")
         tiled = tmp_path / f"tiled_{source}"
         rc = cli.main(["--model", sources[source], "--input", large, "--output", str(tiled), "--max-pixels", "4000",
                        "--tile-size", "32x48", "--tile-overlap", "16", "--quiet"])
         assert rc == 0, capsys.readouterr().err
+        votes = [r for r in caplog.records if "blended as class votes" in r.getMessage()]
+        assert len(votes) == (source == "export")
+        caplog.clear()
         seg = read_png(tiled / "big_seg.png")
         assert seg.shape == whole.shape
         assert (seg == whole).all(axis=-1).mean() >= 0.99

@@ -158,6 +158,11 @@ class EvalConfig:
     flip: bool = False
     distance_crop_fractions: List[float] = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25])
     official_eval: bool = False
+    # Sliding-window inference (gscnn_tf.evaluation.tiled): null runs the network on the whole
+    # (scaled) image at once; [height, width] (multiples of 8) runs it on tiles of that size,
+    # one at a time, blending their softmax over tile_overlap pixels (in [0, min(tile_size))).
+    tile_size: Optional[List[int]] = None
+    tile_overlap: int = 64
 
 
 @dataclass
@@ -396,6 +401,10 @@ def validate_config(cfg: ExperimentConfig, check_num_classes: bool = True) -> Ex
            e.boundary_tolerances_px)
     _check(all(0 < v <= 1 for v in e.distance_crop_fractions), "eval.distance_crop_fractions", "in (0, 1]",
            e.distance_crop_fractions)
+    _check(e.tile_size is None or (len(e.tile_size) == 2 and min(e.tile_size) >= 8 and all(v % 8 == 0 for v in
+           e.tile_size)), "eval.tile_size", "null or [height, width], positive multiples of 8", e.tile_size)
+    _check(e.tile_overlap >= 0 and (e.tile_size is None or e.tile_overlap < min(e.tile_size)), "eval.tile_overlap",
+           ">= 0 and smaller than both sides of eval.tile_size", e.tile_overlap)
     return cfg
 
 

@@ -193,3 +193,17 @@ def build_tiny_model(num_classes=NUM_CLASSES):
     image = keras.Input((None, None, 3), name="image")
     return keras.Model(image, {"seg_logits": keras.layers.Conv2D(num_classes, 1)(image),
                                "edge": keras.layers.Conv2D(1, 1, activation="sigmoid")(image)})
+
+
+def build_local_model(num_classes=NUM_CLASSES, seed=0):
+    """The contract with a small receptive field and no global context: three 3x3 convolutions (7x7
+    pixels seen per output), so tiles overlapping by more than that see what the whole image shows,
+    except near tile borders (for tests of tiled inference)."""
+    keras.utils.set_random_seed(seed)
+    conv = lambda f, **kw: keras.layers.Conv2D(f, 3, padding="same", kernel_initializer="he_normal",  # noqa: E731
+                                               bias_initializer=keras.initializers.RandomNormal(0.0, 0.3, seed), **kw)
+    image = keras.Input((None, None, 3), name="image")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(image)
+    x = conv(8, activation="relu")(conv(8, activation="relu")(x))
+    return keras.Model(image, {"seg_logits": conv(num_classes, name="seg_logits")(x),
+                               "edge": conv(1, activation="sigmoid", name="edge")(x)}, name="local")

@@ -23,6 +23,22 @@ def add_common_flags(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars; warnings and errors only")
 
 
+def tile_size_arg(text: str) -> tuple:
+    """argparse type of ``--tile-size``: ``"512x1024"`` -> (512, 1024) (height x width), ``"512"`` -> (512, 512)."""
+    import argparse
+
+    parts = text.lower().split("x")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HxW, e.g. 512x1024") from None
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HxW with positive H and W, e.g. 512x1024")
+    return values
+
+
 def configure_logging(args, tensorflow: bool = True) -> None:
     """Sets the log level and, with ``tensorflow``, imports TensorFlow without its start-up noise.
 

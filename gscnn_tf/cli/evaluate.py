@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from gscnn_tf.cli.common import add_common_flags, configure_logging, fail, progress_enabled
+from gscnn_tf.cli.common import add_common_flags, configure_logging, fail, progress_enabled, tile_size_arg
 from gscnn_tf.utils.quiet_tensorflow import import_tensorflow_quietly
 
 logger = logging.getLogger("gscnn_tf.evaluate")
@@ -20,6 +20,8 @@ examples:
   python evaluate.py --checkpoint runs/gscnn_wrn38_official --protocol official
   # multi-scale + flip, Cityscapes official evaluation as a cross-check
   python evaluate.py --checkpoint runs/r101/checkpoints/best.weights.h5 --scales 0.75 1.0 1.25 --flip --official-eval
+  # large images in 512x1024 tiles (one at a time, blended over 128 pixels): bounded memory
+  python evaluate.py --checkpoint runs/demo --tile-size 512x1024 --tile-overlap 128
   # another data location, 20 images, results in a chosen folder
   python evaluate.py --checkpoint runs/demo --set data.val_pattern='data/tfrecords/val_fine-*.tfrecord' \\
       --max-images 20 --out /tmp/eval_demo
@@ -56,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inference scales, probabilities averaged (eval.scales; default from config, normally 1.0)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="also average the horizontally flipped image's prediction (eval.flip)")
+    p.add_argument("--tile-size", type=tile_size_arg, metavar="HxW",
+                   help="sliding-window inference: run the network on tiles of H x W pixels (multiples of 8), one "
+                   "at a time, and blend their softmax in the overlaps, so memory follows the tile, not the image "
+                   "(eval.tile_size; default: the whole image at once). Combines with --scales and --flip (each "
+                   "scaled image is tiled; flip per tile)")
+    p.add_argument("--tile-overlap", type=int, metavar="N",
+                   help="pixels shared by neighbouring tiles, blended with a window that is highest in the tile "
+                   "centre (eval.tile_overlap, default 64; 0 <= N < both tile sides)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="paper",
                    help="paper (default): the config's scales and flip plus the distance-based IoU, which re-infers "
                    "each crop fraction < 1 (4 network inferences per image with the default fractions, one scale, "
@@ -110,6 +120,10 @@ def main(argv=None) -> int:
         return fail(f"--boundary-workers must be positive, got {args.boundary_workers}")
     if args.scales is not None and any(s <= 0 for s in args.scales):
         return fail(f"--scales must be positive, got {args.scales}")
+    if args.tile_size is not None and any(v % 8 for v in args.tile_size):
+        return fail(f"--tile-size must be multiples of 8, got {args.tile_size[0]}x{args.tile_size[1]}")
+    if args.tile_overlap is not None and args.tile_overlap < 0:
+        return fail(f"--tile-overlap must be >= 0, got {args.tile_overlap}")
     if args.vanishing_point is not None and not all(0.0 <= v <= 1.0 for v in args.vanishing_point):
         return fail(f"--vanishing-point must be fractions in [0, 1], got {args.vanishing_point}")
 
@@ -148,6 +162,13 @@ def main(argv=None) -> int:
         eval_cfg = dataclasses.replace(eval_cfg, flip=args.flip)
     if args.official_eval is not None:
         eval_cfg = dataclasses.replace(eval_cfg, official_eval=args.official_eval)
+    if args.tile_size is not None:
+        eval_cfg = dataclasses.replace(eval_cfg, tile_size=list(args.tile_size))
+    if args.tile_overlap is not None:
+        eval_cfg = dataclasses.replace(eval_cfg, tile_overlap=args.tile_overlap)
+    if eval_cfg.tile_size and not 0 <= eval_cfg.tile_overlap < min(eval_cfg.tile_size):
+        return fail(f"tile overlap {eval_cfg.tile_overlap} must be smaller than both sides of the tile size "
+                    f"{eval_cfg.tile_size[0]}x{eval_cfg.tile_size[1]} (--tile-overlap)")
     out_dir = args.out or _default_out(args.checkpoint, args.split)
 
     from gscnn_tf.data.pipeline import build_eval_dataset
@@ -160,9 +181,12 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, OSError) as exc:
         return fail(f"{args.split} data: {exc}")
     per_image = inferences_per_image(eval_cfg.scales, eval_cfg.flip, distance_mode, eval_cfg.distance_crop_fractions)
-    logger.info("evaluating %s on %s (%s protocol: scales %s, flip %s, distance-based IoU %s; %d network "
-                "inference%s per image) -> %s", args.checkpoint, args.split, args.protocol, eval_cfg.scales,
-                eval_cfg.flip, distance_mode, per_image, "" if per_image == 1 else "s", out_dir)
+    tiles = (f"tiles {eval_cfg.tile_size[0]}x{eval_cfg.tile_size[1]} overlap {eval_cfg.tile_overlap}"
+             if eval_cfg.tile_size else "whole image")
+    logger.info("evaluating %s on %s (%s protocol: scales %s, flip %s, %s, distance-based IoU %s; %d network "
+                "inference%s per image%s) -> %s", args.checkpoint, args.split, args.protocol, eval_cfg.scales,
+                eval_cfg.flip, tiles, distance_mode, per_image, "" if per_image == 1 else "s",
+                " and tile" if eval_cfg.tile_size else "", out_dir)
     try:
         report = evaluate(
             model, dataset, eval_cfg, num_classes=cfg.model.num_classes,

@@ -4,7 +4,10 @@ LiteRT (``.tflite``) / ONNX (``.onnx``) file from ``export_savedmodel.py --forma
 Per image ``<name>``: ``<name>_seg.png`` (the dataset's colours), ``<name>_overlay.png``,
 ``<name>_edges.png`` and with ``--label-ids`` ``<name>_labelIds.png``. Two inputs never
 share outputs: names that would collide get ``_2``, ``_3``, ... (logged). Only regular
-files up to ``--max-file-size`` are read (a FIFO or a device is reported, not read).
+files up to ``--max-file-size`` are read (a FIFO or a device is reported, not read), and an
+image whose header declares more than ``--max-pixels`` pixels is refused before decoding,
+unless ``--tile-size`` is given: then every image larger than a tile is predicted tile by
+tile (``--tile-overlap`` pixels blended), the class map and the edge map alike.
 
 Exit status: 0 when every image was segmented; 1 when some files could not be read (each
 is reported by name as a warning, the others are still processed; ``--fail-fast`` stops
@@ -16,7 +19,8 @@ import argparse
 import logging
 import sys
 
-from gscnn_tf.cli.common import add_common_flags, configure_logging
+from gscnn_tf.cli.common import add_common_flags, configure_logging, tile_size_arg
+from gscnn_tf.utils.serving_limits import DEFAULT_MAX_PIXELS
 
 logger = logging.getLogger("gscnn_tf.prediction.files")
 
@@ -64,16 +68,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-file-size", type=int, default=64 * 2**20, metavar="BYTES",
                    help="skip (and report) input files larger than this; only regular files are read, so a FIFO or "
                    "a device never hangs the run (default 67108864 = 64 MiB; 0 = no limit)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help="refuse (skip and report) images whose header declares more than N pixels, before decoding "
+                   f"them (default {DEFAULT_MAX_PIXELS} = 2048x2048, the serving default; 0 = no limit); with "
+                   "--tile-size such images are predicted in tiles instead")
+    p.add_argument("--tile-size", type=tile_size_arg, metavar="HxW",
+                   help="predict images larger than H x W pixels tile by tile (the network sees one tile at a time), "
+                   "blending the tiles' class probabilities and edge probabilities in their overlaps "
+                   "(default: whole images). A SavedModel exported without --with-probabilities blends class votes")
+    p.add_argument("--tile-overlap", type=int, default=64, metavar="N",
+                   help="pixels shared by neighbouring tiles, blended with a weight highest in the tile centre "
+                   "(default 64; 0 <= N < both tile sides)")
     add_common_flags(p)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.max_pixels < 0:
+        print(f"predict: error: --max-pixels must be >= 0, got {args.max_pixels}", file=sys.stderr)
+        return 2
+    if args.tile_size and not 0 <= args.tile_overlap < min(args.tile_size):
+        print(f"predict: error: --tile-overlap {args.tile_overlap} must be >= 0 and smaller than both sides of "
+              f"--tile-size {args.tile_size[0]}x{args.tile_size[1]}", file=sys.stderr)
+        return 2
     configure_logging(args)
     from gscnn_tf.config import ConfigError
     from gscnn_tf.deploy.runtime import DeployError
-    from gscnn_tf.prediction.files import ImageReadError, find_images, load_predictor, predict_files
+    from gscnn_tf.prediction.files import FILE_KINDS, ImageReadError, find_images, load_predictor, predict_files
     from gscnn_tf.training.checkpoints import CheckpointError
 
     try:
@@ -81,10 +103,18 @@ def main(argv=None) -> int:
         if not items:
             raise FileNotFoundError(f"{', '.join(args.input)}: no images found")
         predictor = load_predictor(args.model, config_path=args.config, version=args.version,
-                                   num_threads=args.threads)
+                                   with_probabilities=args.tile_size is not None, num_threads=args.threads)
+        if args.tile_size and predictor.kind in FILE_KINDS:
+            logger.info("%s tiles images at its own input size; --tile-size is for checkpoints and SavedModels",
+                        args.model)
+            args.tile_size = None
+        elif args.tile_size and not predictor.has_probabilities:
+            logger.warning("%s has no probabilities output (export it with --with-probabilities): tiles are "
+                           "blended as class votes", predictor.source)
         summary = predict_files(predictor, items, args.output, alpha=args.overlay_alpha, label_ids=args.label_ids,
                                 fail_fast=args.fail_fast, progress=not args.quiet and sys.stderr.isatty(),
-                                max_bytes=args.max_file_size)
+                                max_bytes=args.max_file_size, max_pixels=args.max_pixels,
+                                tile_size=args.tile_size, tile_overlap=args.tile_overlap)
     except ImageReadError as exc:
         print(f"predict: error: {exc}", file=sys.stderr)
         return 1

@@ -9,8 +9,9 @@
 * optionally, label-id PNGs and Cityscapes' official ``evaluateImgLists``.
 
 Inference: :class:`gscnn_tf.evaluation.inference.MultiScalePredictor` (``eval_config.scales`` and
-``eval_config.flip``); the report dict and its JSON/Markdown files:
-:mod:`gscnn_tf.evaluation.report`.
+``eval_config.flip``), or with ``eval_config.tile_size`` the sliding-window
+:class:`gscnn_tf.evaluation.tiled.TiledPredictor` (same protocol, one tile at a time); the report
+dict and its JSON/Markdown files: :mod:`gscnn_tf.evaluation.report`.
 
 The dataset yields ``(image (1,H,W,3), targets)`` or ``(image, targets, filename)``
 (``gscnn_tf.data.pipeline.build_eval_dataset``), ``targets`` being ``{"label": (1,H,W)}``
@@ -34,8 +35,8 @@ from tqdm import tqdm
 
 from gscnn_tf.config import DatasetConfig, EvalConfig
 from gscnn_tf.data import labels as _labels
-from gscnn_tf.evaluation.inference import MultiScalePredictor
 from gscnn_tf.evaluation.report import metrics_report
+from gscnn_tf.evaluation.tiled import make_predictor
 from gscnn_tf.metrics.boundary_f import BoundaryFScore
 from gscnn_tf.metrics.confusion import confusion_matrix
 from gscnn_tf.metrics.distance import DistanceIoU, crop
@@ -160,7 +161,7 @@ def evaluate(
     if described and len(dataset_config.class_names) != num_classes:
         raise ValueError(f"the dataset has {len(dataset_config.class_names)} classes, the model {num_classes}")
     ignore_label = dataset_config.ignore_label
-    predictor = MultiScalePredictor(model, cfg.scales, cfg.flip)
+    predictor = make_predictor(model, cfg)
     boundary = BoundaryFScore(num_classes, cfg.boundary_tolerances_px, cfg.boundary_reference_size, ignore_label)
     distance = None
     if distance_mode:
@@ -232,6 +233,9 @@ def evaluate(
         except OfficialEvalError as exc:
             logger.error("%s", exc)
             report["official"] = {"error": str(exc)}
+    report["tile_size"] = list(cfg.tile_size) if cfg.tile_size else None
+    if cfg.tile_size:
+        report["tile_overlap"] = int(cfg.tile_overlap)
     report["seconds"] = seconds
     report["seconds_per_image"] = seconds / n
     logger.info("evaluated %d images in %.1f s: mIoU %.4f", n, seconds, report["miou"] or float("nan"))

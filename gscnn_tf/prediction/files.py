@@ -11,6 +11,12 @@ colours: the export's ``config.yaml`` asset or the checkpoint's config, Cityscap
 boundary probability as grey levels) and optionally ``<name>_labelIds.png`` (the dataset's
 source label ids; Cityscapes label ids, the official evaluation's input format). Unreadable files are skipped and
 reported; the caller decides the exit status.
+
+Size limits, checked before anything is decoded: the file's bytes (``max_bytes``) and the pixel
+count its header declares (``max_pixels``; PNG, JPEG, GIF and BMP headers are read by
+:func:`gscnn_tf.export.image_headers.declared_size`, the serving graph's reader; WebP is checked
+after decoding). With tiling (``tile_size``) an image larger than a tile is predicted tile by
+tile (:func:`predict_tiled`) and ``max_pixels`` refuses nothing.
 """
 from __future__ import annotations
 
@@ -18,12 +24,14 @@ import logging
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from gscnn_tf.deploy.tiles import TileBlender, tile_grid
 from gscnn_tf.prediction import visualize
+from gscnn_tf.utils.serving_limits import DEFAULT_MAX_PIXELS
 
 logger = logging.getLogger(__name__)
 
@@ -38,15 +46,17 @@ class ImageReadError(ValueError):
 
 class Predictor:
     """``predictor(image)``: (H, W, 3) uint8 RGB -> {"classes": (H, W), "edge": (H, W), ...};
-    ``dataset``: the :class:`gscnn_tf.config.DatasetConfig` its classes belong to."""
+    ``dataset``: the :class:`gscnn_tf.config.DatasetConfig` its classes belong to;
+    ``has_probabilities``: whether the outputs include "probabilities" (H, W, K) float32."""
 
-    def __init__(self, fn: Callable, source: str, kind: str, dataset=None):
+    def __init__(self, fn: Callable, source: str, kind: str, dataset=None, has_probabilities: bool = False):
         from gscnn_tf.config import DatasetConfig
 
         self._fn = fn
         self.source = source
         self.kind = kind  # "saved_model", "checkpoint", or a model file's "litert" / "onnx"
         self.dataset = dataset if dataset is not None else DatasetConfig()
+        self.has_probabilities = bool(has_probabilities)
 
     def __call__(self, image: np.ndarray) -> dict:
         image = np.asarray(image)
@@ -61,8 +71,13 @@ class Predictor:
 def load_predictor(path: str, config_path: Optional[str] = None, version: Optional[int] = None,
                    with_probabilities: bool = False, num_threads: Optional[int] = None) -> Predictor:
     """A LiteRT ``.tflite`` or ONNX ``.onnx`` file (:mod:`gscnn_tf.deploy`; ``num_threads`` for
-    its runtime), a SavedModel (a version dir or an export root: highest version) or any
-    checkpoint :func:`gscnn_tf.training.checkpoints.load_inference_model` accepts."""
+    its runtime; it pads or tiles any image size itself), a SavedModel (a version dir or an
+    export root: highest version) or any checkpoint
+    :func:`gscnn_tf.training.checkpoints.load_inference_model` accepts.
+
+    ``with_probabilities``: a checkpoint's serving module also outputs the softmax (for
+    :func:`predict_tiled`); a SavedModel has it when it was exported ``--with-probabilities``.
+    """
     from gscnn_tf.deploy.runtime import file_format, load_model_file
 
     if file_format(path):
@@ -82,7 +97,7 @@ def load_predictor(path: str, config_path: Optional[str] = None, version: Option
         loaded = tf.saved_model.load(directory)
         signature = loaded.signatures[IMAGE_TENSOR_SIGNATURE]
         predictor = Predictor(lambda x: signature(**{TENSOR_INPUT: x}), directory, "saved_model",
-                              _export_dataset(directory))
+                              _export_dataset(directory), "probabilities" in signature.structured_outputs)
         predictor._loaded = loaded  # keep the restored object (and its variables) alive
         return predictor
     from gscnn_tf.config import load_config
@@ -92,7 +107,7 @@ def load_predictor(path: str, config_path: Optional[str] = None, version: Option
     model, config = load_inference_model(path, config)
     logger.info("loaded checkpoint %s", path)
     module = build_serving_module(model, config, with_probabilities=with_probabilities)
-    predictor = Predictor(module.serve_images, path, "checkpoint", config.dataset)
+    predictor = Predictor(module.serve_images, path, "checkpoint", config.dataset, with_probabilities)
     predictor._module = module
     return predictor
 
@@ -146,19 +161,86 @@ def read_file_limited(path: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> byt
         os.close(fd)
 
 
-def read_image(path: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> np.ndarray:
+def _too_many_pixels(path: str, height: int, width: int, max_pixels: int, where: str) -> ImageReadError:
+    return ImageReadError(f"{path}: {height}x{width} (HxW) pixels {where}, more than the limit of {max_pixels} "
+                          "pixels; predict it in tiles with --tile-size HxW, or raise --max-pixels (0 = no limit)")
+
+
+def declared_pixels(path: str, data: bytes) -> tuple:
+    """(height, width) that the header of the encoded image ``data`` declares, (-1, -1) when its
+    format's header is not read (WebP); nothing is decoded
+    (:func:`gscnn_tf.export.image_headers.declared_size`)."""
+    from gscnn_tf.export.image_headers import declared_size
+
+    try:
+        height, width = declared_size(tf.constant(data))
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:  # a JPEG without a readable SOF
+        raise ImageReadError(f"{path}: not a readable image ({exc.message.splitlines()[0]})") from exc
+    return int(height), int(width)
+
+
+def read_image(path: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES, max_pixels: int = 0) -> np.ndarray:
     """File -> (H, W, 3) uint8 RGB (grayscale and RGBA converted), TensorFlow's decoders.
 
-    Only regular files of at most ``max_bytes`` are read (:func:`read_file_limited`).
+    Only regular files of at most ``max_bytes`` are read (:func:`read_file_limited`); an image
+    whose header declares more than ``max_pixels`` pixels (0 = no limit) is refused before it is
+    decoded (:func:`declared_pixels`; a format whose header is not read, after decoding).
     """
     data = read_file_limited(path, max_bytes)
     if not data:
         raise ImageReadError(f"{path}: empty file")
+    if max_pixels:
+        height, width = declared_pixels(path, data)
+        if height >= 0 and height * width > max_pixels:
+            raise _too_many_pixels(path, height, width, max_pixels, "(declared in its header)")
     try:
         image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
         raise ImageReadError(f"{path}: not a readable image ({exc.message.splitlines()[0]})") from exc
+    if max_pixels and int(image.shape[0]) * int(image.shape[1]) > max_pixels:
+        raise _too_many_pixels(path, int(image.shape[0]), int(image.shape[1]), max_pixels, "(decoded)")
     return image.numpy()
+
+
+def predict_tiled(predictor: Predictor, image: np.ndarray, tile_size: Sequence[int], overlap: int = 0,
+                  window: str = "linear") -> dict:
+    """``predictor`` on an (H, W, 3) uint8 image, one tile of ``tile_size`` = (th, tw) at a time.
+
+    Tiles step by ``tile - overlap`` (:func:`gscnn_tf.deploy.tiles.tile_grid`, the last one ending
+    at the border). Each tile's per-class probabilities (K channels) and edge probability are
+    blended in the overlaps with :class:`gscnn_tf.deploy.tiles.TileBlender` (``window``
+    ``"linear"``: highest in the tile centre; :func:`~gscnn_tf.deploy.tiles.blend_window`) into
+    one (H, W, K + 1) float32 buffer; the classes are its arg-max. A predictor without
+    "probabilities" (a SavedModel exported without ``--with-probabilities``) contributes its
+    classes as one-hot votes instead (a weighted majority vote in the overlaps). An image that
+    fits in one tile is predicted whole, exactly as without tiling.
+
+    Returns {"classes": (H, W) in the predictor's dtype, "edge": (H, W) float32}. Memory: the
+    image, the buffer ((K + 2) x H x W x 4 bytes with the weights) and one tile's network run.
+    """
+    height, width = int(image.shape[0]), int(image.shape[1])
+    th, tw = int(tile_size[0]), int(tile_size[1])
+    if height <= th and width <= tw:
+        return predictor(image)
+    num_classes = len(predictor.dataset.class_names)
+    blender, classes_dtype = None, None
+    th, tw = min(th, height), min(tw, width)
+    for top, left in tile_grid((height, width), tile_size, overlap):
+        out = predictor(np.ascontiguousarray(image[top:top + th, left:left + tw]))
+        classes_dtype = out["classes"].dtype
+        if predictor.has_probabilities:
+            probs = out["probabilities"]
+        else:
+            if out["classes"].size and int(out["classes"].max()) >= num_classes:
+                raise ValueError(f"class {int(out['classes'].max())} predicted; the dataset has {num_classes} classes")
+            probs = np.eye(num_classes, dtype=np.float32)[out["classes"]]
+        if blender is None:
+            blender = TileBlender((height, width), probs.shape[-1] + 1, tile_size, overlap, window)
+        blender.add(top, left, np.concatenate([probs, out["edge"][..., None]], axis=-1))
+        del out, probs
+    blended = blender.result()
+    return {"classes": np.argmax(blended[..., :-1], axis=-1).astype(classes_dtype),
+            "edge": np.array(blended[..., -1])}
 
 
 def find_images(inputs: Iterable[str], recursive: bool = False) -> list:
@@ -248,24 +330,28 @@ class PredictionSummary:
 
 def predict_files(predictor: Predictor, items: list, output_dir: str, alpha: float = 0.5,
                   label_ids: bool = False, fail_fast: bool = False, progress: bool = True,
-                  max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> PredictionSummary:
+                  max_bytes: int = DEFAULT_MAX_FILE_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  tile_size: Optional[Sequence[int]] = None, tile_overlap: int = 0) -> PredictionSummary:
     """Runs ``predictor`` on ``items`` from :func:`find_images`; unreadable files (not regular
-    files, larger than ``max_bytes``, not images) are skipped with a warning (or raise with
-    ``fail_fast``)."""
+    files, larger than ``max_bytes``, not images, more than ``max_pixels`` pixels without tiling)
+    are skipped with a warning (or raise with ``fail_fast``). With ``tile_size`` (th, tw) images
+    larger than a tile are predicted tile by tile (:func:`predict_tiled`, ``tile_overlap``
+    pixels blended) whatever their pixel count; give such a predictor ``with_probabilities``."""
     from tqdm import tqdm
 
     summary = PredictionSummary()
     bar = tqdm(items, desc="predict", unit="img", disable=not progress)
     for path, name in bar:
         try:
-            image = read_image(path, max_bytes)
+            tiles = tile_size or predictor.kind in FILE_KINDS  # a LiteRT / ONNX runner always tiles
+            image = read_image(path, max_bytes, 0 if tiles else max_pixels)
         except ImageReadError as exc:
             if fail_fast:
                 raise
             logger.warning("skipping %s", exc)
             summary.failed.append((path, str(exc)))
             continue
-        result = predictor(image)
+        result = predict_tiled(predictor, image, tile_size, tile_overlap) if tile_size else predictor(image)
         summary.written.append((path, write_outputs(image, result, output_dir, name, alpha, label_ids,
                                                          predictor.dataset)))
     return summary

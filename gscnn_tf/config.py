@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Literal, Optional, Union
 import yaml
 
 from gscnn_tf.data import labels as _labels
+from gscnn_tf.deploy.tiles import DEFAULT_TILE_OVERLAP
 from gscnn_tf.utils.atomic import atomic_write_text
 
 
@@ -162,7 +163,7 @@ class EvalConfig:
     # (scaled) image at once; [height, width] (multiples of 8) runs it on tiles of that size,
     # one at a time, blending their softmax over tile_overlap pixels (in [0, min(tile_size))).
     tile_size: Optional[List[int]] = None
-    tile_overlap: int = 64
+    tile_overlap: int = DEFAULT_TILE_OVERLAP
 
 
 @dataclass

@@ -106,6 +106,11 @@ SUBSTITUTIONS = [
      "the demo config at the cheap settings"),
     ("docs/RELIABILITY.md", "bash", r"--kills 12 --min-delay 16 --max-delay 30", "--kills 1 --min-delay 3 --max-delay 4",
      "one kill"),
+    ("docs/DEPLOYMENT.md", "bash", r"512x1024", "64x128", "files exported at 64x128, not 512x1024"),
+    ("docs/DEPLOYMENT.md", "python", r"512x1024", "64x128", "the file exported at 64x128"),
+    ("docs/DEPLOYMENT.md", "bash", r"--representative-images 32\b", "--representative-images 2",
+     "2 calibration images"),
+    ("docs/DEPLOYMENT.md", "python", r"\(700, 1500, 3\)", "(100, 150, 3)", "a smaller image (still tiled)"),
     ("docs/BENCHMARKS.md", "bash", r"bench_model_gpu\.py --out",
      lambda c, r: _append_args(c, "--backbone mobilenetv2 --cases train-gscnn-float32 infer-gscnn-float32 "
                                   "--train-size 64 64 --infer-size 64 128 --steps 1"),

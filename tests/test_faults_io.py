@@ -211,8 +211,11 @@ sys.exit(main(sys.argv[1:]))
 def test_stopped_conversion_says_so_in_one_line_and_leaves_no_partial_file(cs_src, tmp_path, sig):
     out = str(tmp_path / "out")
     argv = ["cityscapes", "--root", cs_src, "--out", out, "--splits", "train", "--num-shards", "3", "--quiet"]
+    # A job started in the background by a non-interactive shell (CI's `bash .ci/run &`) inherits
+    # SIGINT ignored, and Python then keeps it ignored; the child gets the default a terminal gives.
     proc = subprocess.Popen([sys.executable, "-c", SLOW_CONVERT] + argv, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not glob.glob(os.path.join(out, ".*.tfrecord.json")):  # a first sidecar
         time.sleep(0.05)

@@ -8,6 +8,7 @@ import os
 import sys
 
 from gscnn_tf.cli.common import add_common_flags, configure_logging, fail, progress_enabled, tile_size_arg
+from gscnn_tf.deploy.tiles import DEFAULT_TILE_OVERLAP
 from gscnn_tf.utils.quiet_tensorflow import import_tensorflow_quietly
 
 logger = logging.getLogger("gscnn_tf.evaluate")
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "scaled image is tiled; flip per tile)")
     p.add_argument("--tile-overlap", type=int, metavar="N",
                    help="pixels shared by neighbouring tiles, blended with a window that is highest in the tile "
-                   "centre (eval.tile_overlap, default 64; 0 <= N < both tile sides)")
+                   f"centre (eval.tile_overlap, default {DEFAULT_TILE_OVERLAP}; 0 <= N < both tile sides)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="paper",
                    help="paper (default): the config's scales and flip plus the distance-based IoU, which re-infers "
                    "each crop fraction < 1 (4 network inferences per image with the default fractions, one scale, "

@@ -17,7 +17,8 @@ import argparse
 import logging
 import sys
 
-from gscnn_tf.cli.common import add_common_flags, checkpoint_config, configure_logging
+from gscnn_tf.cli.common import add_common_flags, checkpoint_config, configure_logging, tile_size_arg
+from gscnn_tf.deploy.tiles import DEFAULT_TILE_OVERLAP
 from gscnn_tf.utils.serving_limits import DEFAULT_CHUNK_PIXELS, DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_PIXELS
 
 logger = logging.getLogger("gscnn_tf.export")
@@ -92,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the network runs on at most this many pixels per call (or one image if larger), one call "
                    "after the other, so a batch costs the memory of its largest chunk, not of all its images; "
                    f"0 = the whole batch at once (default {DEFAULT_CHUNK_PIXELS} = one Cityscapes frame)")
+    p.add_argument("--tile-size", type=tile_size_arg, default=None, metavar="HxW",
+                   help="saved_model: serve images above --max-pixels tile by tile instead of refusing them: the "
+                   "network sees one H x W tile at a time (multiples of the model stride), the tiles' probabilities "
+                   "are blended in their overlaps (default: no tiles; --max-request-pixels still applies)")
+    p.add_argument("--tile-overlap", type=int, default=DEFAULT_TILE_OVERLAP, metavar="N",
+                   help=f"saved_model with --tile-size: pixels neighbouring tiles share (default {DEFAULT_TILE_OVERLAP})")
     p.add_argument("--model-name", default="gscnn",
                    help="model name written into the warmup requests and labels.json (TF Serving --model_name)")
     p.add_argument("--warmup-images", nargs="+", default=None, metavar="IMAGE",
@@ -136,6 +143,8 @@ def main(argv=None) -> int:
             max_pixels=args.max_pixels,
             max_request_pixels=args.max_request_pixels,
             chunk_pixels=args.chunk_pixels,
+            tile_size=args.tile_size,
+            tile_overlap=args.tile_overlap,
             warmup=not args.no_warmup,
             warmup_images=args.warmup_images,
             warmup_size=args.warmup_size,

@@ -20,6 +20,7 @@ import logging
 import sys
 
 from gscnn_tf.cli.common import add_common_flags, configure_logging, tile_size_arg
+from gscnn_tf.deploy.tiles import DEFAULT_TILE_OVERLAP
 from gscnn_tf.utils.serving_limits import DEFAULT_MAX_PIXELS
 
 logger = logging.getLogger("gscnn_tf.prediction.files")
@@ -76,9 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="predict images larger than H x W pixels tile by tile (the network sees one tile at a time), "
                    "blending the tiles' class probabilities and edge probabilities in their overlaps "
                    "(default: whole images). A SavedModel exported without --with-probabilities blends class votes")
-    p.add_argument("--tile-overlap", type=int, default=64, metavar="N",
+    p.add_argument("--tile-overlap", type=int, default=DEFAULT_TILE_OVERLAP, metavar="N",
                    help="pixels shared by neighbouring tiles, blended with a weight highest in the tile centre "
-                   "(default 64; 0 <= N < both tile sides)")
+                   f"(default {DEFAULT_TILE_OVERLAP}; 0 <= N < both tile sides)")
     add_common_flags(p)
     return p
 

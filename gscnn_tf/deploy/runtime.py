@@ -25,11 +25,9 @@ from typing import Optional
 
 import numpy as np
 
-from gscnn_tf.deploy.tiles import owned_ranges
+from gscnn_tf.deploy.tiles import DEFAULT_TILE_OVERLAP, owned_ranges
 
 FILE_SUFFIXES = {".tflite": "litert", ".onnx": "onnx"}
-DEFAULT_TILE_OVERLAP = 64  # pixels two neighbouring tiles share (each keeps the half nearer to it), at most
-# a quarter of the tile's smaller side
 
 
 class DeployError(RuntimeError):

@@ -1,5 +1,5 @@
 """Sliding-window tiling: where the tiles of a large image start, which pixels each one owns,
-and how overlapping tiles' maps are blended (:func:`blend_window`, :class:`TileBlender`).
+and how overlapping tiles' maps are blended (:func:`blend_window`, :func:`blend_tiles`).
 
 NumPy only (no TensorFlow), so the LiteRT / ONNX runners use it as well as the TensorFlow
 tiled inference. Tiles of ``tile`` pixels step by ``tile - overlap``; the last tile is moved
@@ -13,9 +13,11 @@ Example::
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
+
+DEFAULT_TILE_OVERLAP = 64  # pixels neighbouring tiles share unless told otherwise (predict, evaluate, serving)
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> List[int]:
@@ -80,52 +82,50 @@ def blend_window(height: int, width: int, overlap: int, window: str = "linear") 
     return np.outer(_window_1d(height, overlap), _window_1d(width, overlap)).astype(np.float32)
 
 
-class TileBlender:
-    """Blends per-tile maps of an image of ``size`` = (H, W) into one (H, W, C) float32 buffer.
+def blend_tiles(size: Sequence[int], tile: Sequence[int], overlap: int, run_tile: Callable, finish: Callable,
+                window: str = "linear") -> None:
+    """Blends overlapping tiles' maps of an image of ``size`` = (H, W), streaming finished rows.
 
-    ``positions()``: the tiles' (top, left) (:func:`tile_grid`); ``tile_shape``: (h, w) of every
-    tile, ``tile`` clipped to the image. ``add(top, left, values)`` with ``values`` (h, w, C)
-    (or (h, w) when C is 1) adds ``values * window`` to the buffer and the window to the
-    per-pixel weight sum (H, W); ``result()`` divides by that sum in place and returns the
-    (H, W, C) buffer: the weighted mean of every tile's values at each pixel. Memory: the
-    buffer and the weight sum, (C + 1) x H x W x 4 bytes, whatever the number of tiles.
+    ``run_tile(top, left)`` returns the (h, w, C) (or (h, w) for C = 1) float map of the tile at
+    (top, left) of :func:`tile_grid`, (h, w) being ``tile`` clipped to the image. Each map is
+    weighted by :func:`blend_window` (``window``) and summed; every pixel's result is the
+    weighted mean of the maps of the tiles covering it. Tiles are run one row of tiles at a
+    time; as soon as no later tile covers a band of image rows, ``finish(row_begin, row_end,
+    blended)`` receives that band's (row_end - row_begin, W, C) float32 result, bands in order,
+    together covering every row once.
+
+    Memory: one row of tiles' sum, (h x W x (C + 1)) float32, whatever the image's height, so
+    a caller that keeps only what it needs of each band (the arg-max, say) runs in memory that
+    does not grow with the number of tile rows. (A buffer of the whole image would: (C + 1) x
+    H x W x 4 bytes, 1.3 GB at 16 megapixels and 19 classes.)
     """
-
-    def __init__(self, size: Sequence[int], channels: int, tile: Sequence[int], overlap: int,
-                 window: str = "linear"):
-        height, width = int(size[0]), int(size[1])
-        if height < 1 or width < 1:
-            raise ValueError(f"image size must be positive, got {height}x{width}")
-        self.size = (height, width)
-        self.tile = (int(tile[0]), int(tile[1]))
-        self.overlap = int(overlap)
-        self._positions = tile_grid(self.size, self.tile, self.overlap)  # validates tile and overlap
-        self.tile_shape = (min(self.tile[0], height), min(self.tile[1], width))
-        self.window = blend_window(*self.tile_shape, self.overlap, window)
-        self.total = np.zeros((height, width, int(channels)), np.float32)
-        self.weight_sum = np.zeros((height, width), np.float32)
-        self._normalised = False
-
-    def positions(self) -> List[Tuple[int, int]]:
-        return list(self._positions)
-
-    def add(self, top: int, left: int, values: np.ndarray) -> None:
-        if self._normalised:
-            raise ValueError("result() was already taken; start a new TileBlender")
-        h, w = self.tile_shape
-        values = np.asarray(values, np.float32)
-        if values.ndim == 2:
-            values = values[..., None]
-        if values.shape != (h, w, self.total.shape[-1]):
-            raise ValueError(f"tile values of shape {values.shape}, expected {(h, w, self.total.shape[-1])}")
-        self.total[top:top + h, left:left + w] += values * self.window[..., None]
-        self.weight_sum[top:top + h, left:left + w] += self.window
-
-    def result(self) -> np.ndarray:
-        if self._normalised:
-            return self.total
-        if not (self.weight_sum > 0).all():
-            raise ValueError("some pixels are covered by no tile (add every tile of positions() first)")
-        self.total /= self.weight_sum[..., None]
-        self._normalised = True
-        return self.total
+    height, width = int(size[0]), int(size[1])
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    rows = tile_starts(height, int(tile[0]), overlap)
+    cols = tile_starts(width, int(tile[1]), overlap)
+    th, tw = min(int(tile[0]), height), min(int(tile[1]), width)
+    weights = blend_window(th, tw, overlap, window)
+    band = band_weight = None  # the sums of image rows [rows[i], rows[i] + th)
+    for i, top in enumerate(rows):
+        if band is not None:  # keep the rows this row of tiles shares with the previous one
+            shift = top - rows[i - 1]
+            band[:th - shift] = band[shift:]
+            band[th - shift:] = 0
+            band_weight[:th - shift] = band_weight[shift:]
+            band_weight[th - shift:] = 0
+        for left in cols:
+            values = np.asarray(run_tile(top, left), np.float32)
+            if values.ndim == 2:
+                values = values[..., None]
+            if band is None:
+                band = np.zeros((th, width, values.shape[-1]), np.float32)
+                band_weight = np.zeros((th, width), np.float32)
+            if values.shape != (th, tw, band.shape[-1]):
+                raise ValueError(f"tile at ({top}, {left}): values of shape {values.shape}, "
+                                 f"expected {(th, tw, band.shape[-1])}")
+            band[:, left:left + tw] += values * weights[..., None]
+            band_weight[:, left:left + tw] += weights
+        end = rows[i + 1] if i + 1 < len(rows) else height
+        done = end - top
+        finish(top, end, band[:done] / band_weight[:done, :, None])  # window weights are > 0

@@ -11,7 +11,7 @@ protocol, but the network sees one tile at a time:
 * each tile's ``seg_logits`` become softmax probabilities; with ``flip`` the flipped tile is
   run as well and its probabilities, flipped back, averaged with the tile's (flip per tile);
 * the tiles' probabilities are blended in their overlaps by
-  :class:`gscnn_tf.deploy.tiles.TileBlender`: a weighted sum with the ``"linear"`` window of
+  :func:`gscnn_tf.deploy.tiles.blend_tiles`: a weighted sum with the ``"linear"`` window of
   :func:`~gscnn_tf.deploy.tiles.blend_window` (1 in the tile centre, falling linearly to the
   border over the overlap, so each pixel comes mostly from the tile that saw most context
   around it), divided by the summed weights;
@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from gscnn_tf.deploy.tiles import BLEND_WINDOWS, TileBlender, tile_grid
+from gscnn_tf.deploy.tiles import BLEND_WINDOWS, blend_tiles
 from gscnn_tf.evaluation.inference import _seg_logits, stride_aligned_size
 
 TILE_MULTIPLE = 8  # tile sides: multiples of the model's stride-8 input granularity
@@ -83,15 +83,20 @@ class TiledPredictor:
         """(Hs, Ws, K) blended probabilities of ``image`` resized to ``size``."""
         height, width = int(image.shape[1]), int(image.shape[2])
         x = image if tuple(size) == (height, width) else tf.image.resize(image, size, method="bilinear")
-        blender = None
         th, tw = min(self.tile_size[0], size[0]), min(self.tile_size[1], size[1])
-        for top, left in tile_grid(size, self.tile_size, self.overlap):
-            probs = self._tile_fn(x[:, top:top + th, left:left + tw, :]).numpy()
-            if blender is None:  # K is known from the first tile
-                blender = TileBlender(size, probs.shape[-1], self.tile_size, self.overlap, self.window)
-            blender.add(top, left, probs)
+        out = []
+
+        def run_tile(top, left):
             self.tiles_run += 1
-        return blender.result()
+            return self._tile_fn(x[:, top:top + th, left:left + tw, :]).numpy()
+
+        def finish(begin, end, blended):
+            if not out:  # K is known from the first band
+                out.append(np.empty((size[0], size[1], blended.shape[-1]), np.float32))
+            out[0][begin:end] = blended
+
+        blend_tiles(size, self.tile_size, self.overlap, run_tile, finish, self.window)
+        return out[0]
 
     def probability_map(self, image) -> np.ndarray:
         image = tf.convert_to_tensor(image, tf.float32)

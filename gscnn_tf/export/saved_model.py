@@ -32,7 +32,9 @@ bytes per pixel) and outputs (5, plus 4 per class with probabilities). Limits, r
 with ``InvalidArgumentError`` naming the element: ``max_pixels`` per image (read from the
 header for PNG, JPEG, GIF and BMP, so a decompression bomb is refused before decoding) and
 ``max_request_pixels`` per request. :func:`export_saved_model` sets both by default
-(:data:`DEFAULT_MAX_PIXELS`, :data:`DEFAULT_MAX_REQUEST_PIXELS`; figures in docs/SERVING.md).
+(:data:`DEFAULT_MAX_PIXELS`, :data:`DEFAULT_MAX_REQUEST_PIXELS`; figures in docs/SERVING.md). With
+``tile_size``, images above ``max_pixels`` are not refused but run tile by tile (the network
+sees one tile at a time; :mod:`gscnn_tf.export.serving_tiles`).
 
 **Errors.** Bytes that are not an image raise ``InvalidArgumentError`` naming the element
 (``image_bytes[i] is not a PNG, JPEG, GIF, BMP or WebP image ...``); a PNG without its IEND
@@ -58,6 +60,7 @@ import numpy as np
 import tensorflow as tf
 
 from gscnn_tf.config import ExperimentConfig, config_to_dict, save_config
+from gscnn_tf.deploy.tiles import DEFAULT_TILE_OVERLAP
 from gscnn_tf.export import warmup as warmup_lib
 from gscnn_tf.export.serving_graph import GSCNNServingModule, build_serving_module
 from gscnn_tf.export.signatures import (
@@ -90,6 +93,8 @@ def export_saved_model(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
     chunk_pixels: int = DEFAULT_CHUNK_PIXELS,
+    tile_size: Optional[Sequence[int]] = None,
+    tile_overlap: int = DEFAULT_TILE_OVERLAP,
     warmup: bool = True,
     warmup_images: Optional[Sequence] = None,
     warmup_size: tuple = (256, 512),
@@ -105,7 +110,9 @@ def export_saved_model(
     written SavedModel (before it is published) and checks that it reproduces the
     in-memory model's class map on the warmup images. ``max_pixels`` / ``max_request_pixels``
     (0 = no limit) bound the pixels per image / per request the server accepts;
-    ``chunk_pixels`` bounds what the network sees per call. Non-finite weights are refused.
+    ``chunk_pixels`` bounds what the network sees per call; with ``tile_size`` (th, tw) images
+    above ``max_pixels`` are served tile by tile (``tile_overlap`` pixels blended) instead of
+    refused (:mod:`gscnn_tf.export.serving_tiles`). Non-finite weights are refused.
     Temporary directories of killed exports into ``export_dir`` are removed first.
     """
     if version is not None and int(version) < 1:
@@ -116,8 +123,8 @@ def export_saved_model(
         if exclusive:
             remove_stale_export_temps(export_dir)
         return _export_locked(model, config, export_dir, version, overwrite, with_probabilities, pad_mode, max_pixels,
-                              max_request_pixels, chunk_pixels, warmup, warmup_images, warmup_size, model_name,
-                              verify, source)
+                              max_request_pixels, chunk_pixels, tile_size, tile_overlap, warmup, warmup_images,
+                              warmup_size, model_name, verify, source)
 
 
 def check_finite_weights(model, source: str) -> None:
@@ -131,7 +138,8 @@ def check_finite_weights(model, source: str) -> None:
 
 
 def _export_locked(model, config, export_dir, version, overwrite, with_probabilities, pad_mode, max_pixels,
-                   max_request_pixels, chunk_pixels, warmup, warmup_images, warmup_size, model_name, verify, source) -> str:
+                   max_request_pixels, chunk_pixels, tile_size, tile_overlap, warmup, warmup_images, warmup_size,
+                   model_name, verify, source) -> str:
     if version is None:
         version = next_version(export_dir)
     target = os.path.join(export_dir, str(int(version)))
@@ -139,7 +147,7 @@ def _export_locked(model, config, export_dir, version, overwrite, with_probabili
         raise FileExistsError(f"{target}: version {version} already exists (use --overwrite or another --version)")
     module = build_serving_module(model, config, with_probabilities=with_probabilities, pad_mode=pad_mode,
                                   max_pixels=max_pixels, max_request_pixels=max_request_pixels,
-                                  chunk_pixels=chunk_pixels)
+                                  chunk_pixels=chunk_pixels, tile_size=tile_size, tile_overlap=tile_overlap)
     samples = warmup_lib.load_or_make_samples(warmup_images, warmup_size)
     meta = module.metadata()
     meta.update(

@@ -1,18 +1,22 @@
 """The serving graph: a ``tf.Module`` around a :class:`gscnn_tf.model.GatedSCNN`.
 
 Decoding (with the checks of :mod:`gscnn_tf.export.image_headers`), padding to the
-model's stride (the model normalises the RGB pixels itself), chunked or per-image runs and cropping back; see
+model's stride (the model normalises the RGB pixels itself), chunked or per-image runs (tiled
+above the pixel limit when the export enables tiles: :mod:`gscnn_tf.export.serving_tiles`) and
+cropping back; see
 :mod:`gscnn_tf.export.saved_model` for the contract it serves.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import tensorflow as tf
 
 from gscnn_tf.config import ExperimentConfig
 from gscnn_tf.data.augment import pad_rgb
+from gscnn_tf.deploy.tiles import DEFAULT_TILE_OVERLAP
 from gscnn_tf.export.image_headers import check_complete, check_recognised, declared_size
+from gscnn_tf.export.serving_tiles import run_tiled_image
 from gscnn_tf.export.signatures import (
     BYTES_INPUT,
     CLASSES_FILL,
@@ -53,6 +57,8 @@ class GSCNNServingModule(tf.Module):
         max_pixels: int = 0,
         max_request_pixels: int = 0,
         chunk_pixels: int = DEFAULT_CHUNK_PIXELS,
+        tile_size: Optional[Sequence[int]] = None,
+        tile_overlap: int = DEFAULT_TILE_OVERLAP,
         name: str = "gscnn_serving",
     ):
         super().__init__(name=name)
@@ -71,6 +77,18 @@ class GSCNNServingModule(tf.Module):
         self.max_pixels = int(max_pixels)  # 0: no limit
         self.max_request_pixels = int(max_request_pixels)  # 0: no limit
         self.chunk_pixels = int(chunk_pixels)  # 0: the whole batch in one call
+        # With tiles, images above max_pixels are served tile by tile instead of refused.
+        self.tile_size = None if not tile_size else (int(tile_size[0]), int(tile_size[1]))
+        self.tile_overlap = int(tile_overlap)
+        if self.tile_size is not None:
+            if len(tile_size) != 2 or min(self.tile_size) < 1 or any(v % self.pad_multiple for v in self.tile_size):
+                raise ValueError(f"tile size {list(tile_size)}: [height, width], positive multiples of "
+                                 f"{self.pad_multiple} (the model's stride)")
+            if not 0 <= self.tile_overlap < min(self.tile_size):
+                raise ValueError(f"tile overlap {tile_overlap}: must be in [0, {min(self.tile_size)})")
+            if self.max_pixels <= 0 or self.num_classes is None:
+                raise ValueError("tiled serving tiles the images above max_pixels: set max_pixels > 0 (and the "
+                                 "model's class count)")
         # "mean" padding: the backbone's mean colour, which is 0 once the model normalises.
         self.pad_color = tuple(float(v) for v in getattr(model, "pixel_mean", None) or ())
         if pad_mode == "mean" and len(self.pad_color) != 3:
@@ -93,13 +111,14 @@ class GSCNNServingModule(tf.Module):
 
     # ------------------------------------------------------------------ graph pieces
 
-    def _pad(self, images: tf.Tensor) -> tf.Tensor:
-        """uint8 (B,h,w,3) -> float32 RGB 0..255 (B,hp,wp,3), hp/wp the next multiples."""
+    def _pad(self, images: tf.Tensor, min_size=(0, 0), multiple: Optional[int] = None) -> tf.Tensor:
+        """uint8 (B,h,w,3) -> float32 RGB 0..255 (B,hp,wp,3), hp/wp the next multiples of ``multiple``
+        (default the model's stride), at least ``min_size``."""
         shape = tf.shape(images)
         h, w = shape[1], shape[2]
-        m = self.pad_multiple
-        hp = (h + m - 1) // m * m
-        wp = (w + m - 1) // m * m
+        m = self.pad_multiple if multiple is None else multiple
+        hp = tf.maximum((h + m - 1) // m * m, min_size[0])
+        wp = tf.maximum((w + m - 1) // m * m, min_size[1])
         x = tf.cast(images, tf.float32)
         if self.pad_mode == "edge":
             # Replicate the border rows/columns: gather with clamped indices works for any amount.
@@ -112,7 +131,31 @@ class GSCNNServingModule(tf.Module):
         return {"seg_logits": tf.cast(out["seg_logits"], tf.float32), "edge": tf.cast(out["edge"], tf.float32)}
 
     def _run(self, images: tf.Tensor) -> dict:
-        """uint8 (B,h,w,3), one size -> outputs cropped to (B,h,w)."""
+        """uint8 (B,h,w,3), one size -> outputs cropped to (B,h,w); tiled above ``max_pixels`` when tiling."""
+        if self.tile_size is None:
+            return self._run_whole(images)
+        shape = tf.shape(images, out_type=tf.int64)
+        return tf.cond(shape[1] * shape[2] > self.max_pixels, lambda: self._run_tiled(images),
+                       lambda: self._run_whole(images))
+
+    def _run_tiled(self, images: tf.Tensor) -> dict:
+        """Like :meth:`_run_whole`, each image tile by tile (:mod:`gscnn_tf.export.serving_tiles`)."""
+        shape = tf.shape(images)
+        h, w = shape[1], shape[2]
+
+        def one(image):
+            x = self._pad(image[tf.newaxis], self.tile_size, multiple=1)  # tiles have the stride's multiples
+            out = run_tiled_image(self.forward, x, self.tile_size, self.tile_overlap, self.num_classes,
+                                  self.with_probabilities, self.classes_dtype)
+            return {key: value[:h, :w] for key, value in out.items()}
+
+        signature = {key: tf.TensorSpec([None, None] + ([self.num_classes] if key == "probabilities" else []),
+                                        self._output_dtype(key)) for key in self._output_keys()}
+        # One image after the other: the network's memory is one tile's, whatever the batch.
+        return tf.map_fn(one, images, fn_output_signature=signature, parallel_iterations=1)
+
+    def _run_whole(self, images: tf.Tensor) -> dict:
+        """uint8 (B,h,w,3), one size -> outputs cropped to (B,h,w), the network on whole images."""
         shape = tf.shape(images)
         h, w = shape[1], shape[2]
         out = self.forward(self._pad(images))
@@ -166,7 +209,7 @@ class GSCNNServingModule(tf.Module):
 
         ``what`` names the input; with ``index`` it is followed by ``[index]``.
         """
-        if self.max_pixels <= 0:
+        if self.max_pixels <= 0 or self.tile_size is not None:  # with tiles, large images are tiled
             return []
         where = [] if index is None else [index]
         message = tf.strings.format(
@@ -304,13 +347,16 @@ class GSCNNServingModule(tf.Module):
             "max_pixels": self.max_pixels,
             "max_request_pixels": self.max_request_pixels,
             "chunk_pixels": self.chunk_pixels,
+            "tile_size": list(self.tile_size) if self.tile_size else None,
+            "tile_overlap": self.tile_overlap if self.tile_size else None,
             "classes_fill_value": CLASSES_FILL,
         }
 
 
 def build_serving_module(model, config: ExperimentConfig, with_probabilities: bool = False, pad_mode: str = "edge",
                          max_pixels: int = 0, max_request_pixels: int = 0,
-                         chunk_pixels: int = DEFAULT_CHUNK_PIXELS):
+                         chunk_pixels: int = DEFAULT_CHUNK_PIXELS, tile_size: Optional[Sequence[int]] = None,
+                         tile_overlap: int = DEFAULT_TILE_OVERLAP):
     """The serving module for ``model`` with the stride and class count of ``config``."""
     return GSCNNServingModule(
         model,
@@ -321,4 +367,6 @@ def build_serving_module(model, config: ExperimentConfig, with_probabilities: bo
         max_pixels=max_pixels,
         max_request_pixels=max_request_pixels,
         chunk_pixels=chunk_pixels,
+        tile_size=tile_size,
+        tile_overlap=tile_overlap,
     )

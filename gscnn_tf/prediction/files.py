@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from gscnn_tf.deploy.tiles import TileBlender, tile_grid
+from gscnn_tf.deploy.tiles import blend_tiles
 from gscnn_tf.prediction import visualize
 from gscnn_tf.utils.serving_limits import DEFAULT_MAX_PIXELS
 
@@ -208,39 +208,45 @@ def predict_tiled(predictor: Predictor, image: np.ndarray, tile_size: Sequence[i
 
     Tiles step by ``tile - overlap`` (:func:`gscnn_tf.deploy.tiles.tile_grid`, the last one ending
     at the border). Each tile's per-class probabilities (K channels) and edge probability are
-    blended in the overlaps with :class:`gscnn_tf.deploy.tiles.TileBlender` (``window``
-    ``"linear"``: highest in the tile centre; :func:`~gscnn_tf.deploy.tiles.blend_window`) into
-    one (H, W, K + 1) float32 buffer; the classes are its arg-max. A predictor without
+    blended in the overlaps by :func:`gscnn_tf.deploy.tiles.blend_tiles` (``window``
+    ``"linear"``: highest in the tile centre; :func:`~gscnn_tf.deploy.tiles.blend_window`), one
+    row of tiles at a time; the classes are the blend's arg-max. A predictor without
     "probabilities" (a SavedModel exported without ``--with-probabilities``) contributes its
     classes as one-hot votes instead (a weighted majority vote in the overlaps). An image that
     fits in one tile is predicted whole, exactly as without tiling.
 
     Returns {"classes": (H, W) in the predictor's dtype, "edge": (H, W) float32}. Memory: the
-    image, the buffer ((K + 2) x H x W x 4 bytes with the weights) and one tile's network run.
+    image, these outputs, one row of tiles' blend ((K + 2) x th x W x 4 bytes) and one tile's
+    network run, so it grows with the image's pixels by a few bytes each, not by the network's
+    activations (measured in docs/DEPLOYMENT.md).
     """
     height, width = int(image.shape[0]), int(image.shape[1])
     th, tw = int(tile_size[0]), int(tile_size[1])
     if height <= th and width <= tw:
         return predictor(image)
     num_classes = len(predictor.dataset.class_names)
-    blender, classes_dtype = None, None
     th, tw = min(th, height), min(tw, width)
-    for top, left in tile_grid((height, width), tile_size, overlap):
+    result = {}
+
+    def run_tile(top, left):
         out = predictor(np.ascontiguousarray(image[top:top + th, left:left + tw]))
-        classes_dtype = out["classes"].dtype
+        if not result:
+            result["classes"] = np.empty((height, width), out["classes"].dtype)
+            result["edge"] = np.empty((height, width), np.float32)
         if predictor.has_probabilities:
             probs = out["probabilities"]
         else:
             if out["classes"].size and int(out["classes"].max()) >= num_classes:
                 raise ValueError(f"class {int(out['classes'].max())} predicted; the dataset has {num_classes} classes")
             probs = np.eye(num_classes, dtype=np.float32)[out["classes"]]
-        if blender is None:
-            blender = TileBlender((height, width), probs.shape[-1] + 1, tile_size, overlap, window)
-        blender.add(top, left, np.concatenate([probs, out["edge"][..., None]], axis=-1))
-        del out, probs
-    blended = blender.result()
-    return {"classes": np.argmax(blended[..., :-1], axis=-1).astype(classes_dtype),
-            "edge": np.array(blended[..., -1])}
+        return np.concatenate([probs, out["edge"][..., None]], axis=-1)
+
+    def finish(begin, end, blended):
+        result["classes"][begin:end] = np.argmax(blended[..., :-1], axis=-1)
+        result["edge"][begin:end] = blended[..., -1]
+
+    blend_tiles((height, width), tile_size, overlap, run_tile, finish, window)
+    return result
 
 
 def find_images(inputs: Iterable[str], recursive: bool = False) -> list:

@@ -5,7 +5,7 @@ import tensorflow as tf
 from conftest import build_local_model, build_tiny_model
 
 from gscnn_tf.config import ConfigError, EvalConfig, load_config
-from gscnn_tf.deploy.tiles import TileBlender, blend_window, tile_grid
+from gscnn_tf.deploy.tiles import blend_tiles, blend_window, tile_grid, tile_starts
 from gscnn_tf.evaluation.evaluate import evaluate
 from gscnn_tf.evaluation.inference import MultiScalePredictor
 from gscnn_tf.evaluation.tiled import TiledPredictor, make_predictor
@@ -54,54 +54,88 @@ def test_linear_window_is_highest_in_the_centre_positive_and_cross_fades():
     assert np.allclose(w, w[::-1, ::-1])  # symmetric
     np.testing.assert_array_equal(blend_window(32, 48, 8, "uniform"), np.ones((32, 48)))
     np.testing.assert_array_equal(blend_window(32, 48, 0), np.ones((32, 48)))
-    # Tiles that step by exactly tile - overlap: the weights of the tiles covering an interior pixel sum to 1.
-    blender = TileBlender((8 + 3 * 24, 8 + 2 * 40), 1, (32, 48), 8)
-    for top, left in blender.positions():
-        blender.add(top, left, np.zeros((32, 48)))
-    np.testing.assert_allclose(blender.weight_sum[8:-8, 8:-8], 1.0, atol=1e-6)
+    # Tiles that step by exactly tile - overlap: the weights of the tiles covering an interior pixel sum to 1,
+    # so blending maps of ones with the "uniform"-normalised sum gives the summed weights directly.
+    size = (8 + 3 * 24, 8 + 2 * 40)
+    total = np.zeros(size)
+    for top, left in tile_grid(size, (32, 48), 8):
+        total[top:top + 32, left:left + 48] += w
+    np.testing.assert_allclose(total[8:-8, 8:-8], 1.0, atol=1e-6)
     with pytest.raises(ValueError):
         blend_window(8, 8, 2, "gaussian")
 
 
+def _blend(size, tile, overlap, tiles, window="linear"):
+    """blend_tiles with maps from ``tiles`` {(top, left): values}; -> (result, bands, tiles run in order)."""
+    channels = next(iter(tiles.values())).shape[-1] if next(iter(tiles.values())).ndim == 3 else 1
+    out = np.full(size + (channels,), np.nan, np.float32)
+    bands, order = [], []
+
+    def run_tile(top, left):
+        order.append((top, left))
+        return tiles[(top, left)]
+
+    def finish(begin, end, blended):
+        bands.append((begin, end))
+        out[begin:end] = blended
+
+    blend_tiles(size, tile, overlap, run_tile, finish, window)
+    return out, bands, order
+
+
 @pytest.mark.parametrize("window", ["linear", "uniform"])
-def test_blended_values_equal_an_independent_weighted_mean(window):
-    size, tile, overlap, channels = (40, 70), (16, 24), 6, 3
+@pytest.mark.parametrize("size, tile, overlap", [((40, 70), (16, 24), 6), ((50, 30), (16, 32), 0), ((12, 20), (16, 24), 4)])
+def test_blended_values_equal_an_independent_weighted_mean(window, size, tile, overlap):
+    channels = 3
     rng = np.random.default_rng(1)
-    blender = TileBlender(size, channels, tile, overlap, window)
-    tiles = {pos: rng.random(tile + (channels,), dtype=np.float32) for pos in blender.positions()}
-    for (top, left), values in tiles.items():
-        blender.add(top, left, values)
+    th, tw = min(tile[0], size[0]), min(tile[1], size[1])
+    tiles = {pos: rng.random((th, tw, channels), dtype=np.float32) for pos in tile_grid(size, tile, overlap)}
+    result, bands, order = _blend(size, tile, overlap, tiles, window)
+    assert order == tile_grid(size, tile, overlap)  # each tile run once, rows of tiles in order
+    # Bands come in order and cover every image row exactly once.
+    assert bands[0][0] == 0 and bands[-1][1] == size[0]
+    assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(bands, bands[1:]))
+
     # Independently: per pixel, the weighted mean over the tiles that contain it.
     def weight(i, n):
-        return 1.0 if window == "uniform" else min(1.0, (i + 0.5) / overlap, (n - i - 0.5) / overlap)
+        if window == "uniform" or overlap == 0:
+            return 1.0
+        return min(1.0, (i + 0.5) / overlap, (n - i - 0.5) / overlap)
 
     expected = np.zeros(size + (channels,))
     for y in range(size[0]):
         for x in range(size[1]):
             num, den = np.zeros(channels), 0.0
             for (top, left), values in tiles.items():
-                if top <= y < top + tile[0] and left <= x < left + tile[1]:
-                    wt = weight(y - top, tile[0]) * weight(x - left, tile[1])
+                if top <= y < top + th and left <= x < left + tw:
+                    wt = weight(y - top, th) * weight(x - left, tw)
                     num += wt * values[y - top, x - left]
                     den += wt
             expected[y, x] = num / den
-    np.testing.assert_allclose(blender.result(), expected, rtol=1e-5, atol=1e-6)
-    if window == "uniform":  # the weight sum is the number of tiles covering the pixel
-        count = np.zeros(size)
-        for top, left in tiles:
-            count[top:top + tile[0], left:left + tile[1]] += 1
-        np.testing.assert_array_equal(blender.weight_sum, count)
-    with pytest.raises(ValueError):
-        blender.add(0, 0, tiles[(0, 0)])  # the result was taken
+    np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_blender_refuses_missing_tiles_and_wrong_shapes():
-    blender = TileBlender((40, 40), 2, (32, 32), 8)
-    with pytest.raises(ValueError, match="shape"):
-        blender.add(0, 0, np.zeros((32, 31, 2)))
-    blender.add(0, 0, np.ones((32, 32, 2)))
-    with pytest.raises(ValueError, match="covered by no tile"):
-        blender.result()
+def test_blend_streams_rows_and_holds_one_row_of_tiles():
+    """Bands are handed over as soon as no later tile covers them: before the next row of tiles runs."""
+    size, tile, overlap = (100, 40), (32, 40), 8
+    seen = []
+
+    def run_tile(top, left):
+        seen.append(("tile", top))
+        return np.ones((32, 40), np.float32)
+
+    blend_tiles(size, tile, overlap, run_tile, lambda b, e, v: seen.append(("band", b, e, v.shape)))
+    starts = tile_starts(100, 32, 8)  # [0, 24, 48, 68]
+    expected = []
+    for i, top in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else 100
+        expected += [("tile", top), ("band", top, end, (end - top, 40, 1))]
+    assert seen == expected
+
+
+def test_blend_refuses_wrong_tile_shapes():
+    with pytest.raises(ValueError, match=r"tile at \(0, 0\).*shape"):
+        blend_tiles((40, 40), (32, 32), 8, lambda t, l: np.zeros((32, 31, 2)), lambda *a: None)
 
 
 # ----------------------------------------------------------------------------- the TensorFlow predictor

@@ -118,6 +118,8 @@ SUBSTITUTIONS = [
     ("docs/BENCHMARKS.md", "bash", r"bench_serving_memory\.py .*--sizes", lambda c, r: re.sub(
         r"(--sizes|--batch|--mixed)((?: \d+x\d+(?:x\d+)?)+)", lambda m: m.group(1) + (" 64x128" if m.group(1) == "--sizes"
                                                                                  else " 2x64x64"), c), "small requests"),
+    ("docs/BENCHMARKS.md", "bash", r"bench_serving_memory\.py --config", lambda c, r: _append_args(c, "--batch --mixed"),
+     "single-image requests only (its default batches are 4 x 1024x1024 of ResNet-101)"),
     ("docs/BENCHMARKS.md", "bash", r"bench_serving_memory\.py --bombs", lambda c, r: _append_args(
         c, "--sizes --batch --mixed"), "only the bombs"),
 ]
@@ -521,8 +523,9 @@ def _doc_run(doc_runs, tmp_path_factory, doc):
     return doc_runs[doc]
 
 
-# scripts/run_tests.sh runs pytest-xdist with --dist loadfile: every block runs in one worker, in
-# order, so no worker repeats another's earlier blocks.
+# scripts/run_tests.sh runs pytest-xdist with --dist loadgroup, a group per document
+# (tests/conftest.py): a document's blocks run in one worker, in order, so no worker repeats
+# another's earlier blocks.
 @pytest.mark.parametrize("block", [pytest.param(b, id=b.id, marks=() if b.doc in FAST_DOCS else pytest.mark.slow)
                                    for b in BLOCKS])
 @pytest.mark.timeout(BLOCK_TIMEOUT_S + 120)

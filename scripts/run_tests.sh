@@ -3,8 +3,7 @@
 # Extra arguments go to pytest (e.g. scripts/run_tests.sh -k canny, or --runslow).
 # Tests run in parallel worker processes (pytest-xdist), one per core up to 4
 # (GSCNN_TEST_WORKERS=N to choose; 0 = in this process). A test file stays in one worker
-# (--dist loadgroup, groups set in tests/conftest.py), so its module fixtures are built once; the
-# docs blocks are one group per document, so each document's blocks run in order in one worker.
+# (--dist loadfile), so its module fixtures are built once and the docs blocks run in order.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 py=$("$root/scripts/bootstrap_venv.sh" | tail -n 1)
@@ -14,6 +13,6 @@ cores=$(nproc 2>/dev/null || echo 1)
 workers=${GSCNN_TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}
 parallel=()
 if [ "$workers" -gt 1 ]; then
-  parallel=(-n "$workers" --dist loadgroup)
+  parallel=(-n "$workers" --dist loadfile)
 fi
 exec "$py" -m pytest -q "${parallel[@]}" "$@"

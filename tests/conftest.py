@@ -39,15 +39,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~30 s on 2 CPU cores (run with --runslow)")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks added here
 def pytest_collection_modifyitems(config, items):
-    # scripts/run_tests.sh distributes groups (--dist loadgroup): a test file is one group, so its
-    # module fixtures are built once, except the docs blocks, one group per document (its blocks
-    # run in order in one worker, and the documents spread over the workers).
-    for item in items:
-        block = getattr(item, "callspec", None) and item.callspec.params.get("block")
-        group = f"docs:{block.doc}" if hasattr(block, "doc") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
     if config.getoption("--runslow"):
         return
     skip = pytest.mark.skip(reason="slow; run with --runslow")

@@ -523,9 +523,9 @@ def _doc_run(doc_runs, tmp_path_factory, doc):
     return doc_runs[doc]
 
 
-# scripts/run_tests.sh runs pytest-xdist with --dist loadgroup, a group per document
-# (tests/conftest.py): a document's blocks run in one worker, in order, so no worker repeats
-# another's earlier blocks.
+# scripts/run_tests.sh runs pytest-xdist with --dist loadfile: every block runs in one worker, in
+# order, so no worker repeats another's earlier blocks. (Spreading the documents over both workers,
+# a group each, made CI slower: 35 min vs 32, the end-to-end blocks competing for the 2 cores.)
 @pytest.mark.parametrize("block", [pytest.param(b, id=b.id, marks=() if b.doc in FAST_DOCS else pytest.mark.slow)
                                    for b in BLOCKS])
 @pytest.mark.timeout(BLOCK_TIMEOUT_S + 120)

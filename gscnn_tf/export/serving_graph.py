@@ -78,10 +78,10 @@ class GSCNNServingModule(tf.Module):
         self.max_request_pixels = int(max_request_pixels)  # 0: no limit
         self.chunk_pixels = int(chunk_pixels)  # 0: the whole batch in one call
         # With tiles, images above max_pixels are served tile by tile instead of refused.
-        self.tile_size = None if not tile_size else (int(tile_size[0]), int(tile_size[1]))
+        self.tile_size = None if not tile_size else tuple(int(v) for v in tile_size)
         self.tile_overlap = int(tile_overlap)
         if self.tile_size is not None:
-            if len(tile_size) != 2 or min(self.tile_size) < 1 or any(v % self.pad_multiple for v in self.tile_size):
+            if len(self.tile_size) != 2 or min(self.tile_size) < 1 or any(v % self.pad_multiple for v in self.tile_size):
                 raise ValueError(f"tile size {list(tile_size)}: [height, width], positive multiples of "
                                  f"{self.pad_multiple} (the model's stride)")
             if not 0 <= self.tile_overlap < min(self.tile_size):

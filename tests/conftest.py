@@ -54,7 +54,7 @@ def _clear_keras_session():
     yield
     import keras
 
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)
 
 
 def _split_cpu_into_two_logical_devices():
@@ -124,7 +124,7 @@ def write_untrained_run(cfg, run) -> str:
     os.makedirs(os.path.join(run, os.path.dirname(BEST_WEIGHTS)))
     save_config(cfg, os.path.join(run, CONFIG_NAME))
     model.save_weights(os.path.join(run, BEST_WEIGHTS))
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)
     return str(run)
 
 

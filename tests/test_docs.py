@@ -10,8 +10,10 @@ runs the earlier blocks of its document first.
 
 Before a block runs, ``SUBSTITUTIONS`` make it cheap (a tiny model, 2 steps, small images) or
 point it at local stand-ins (a stub TF Serving, free ports). Commands that cannot run here are
-listed in ``NOT_EXECUTED`` with the reason. ``test_every_block_is_run_or_listed`` and
-``test_tables_have_no_stale_entries`` keep both tables honest. Blocks run with
+listed in ``NOT_EXECUTED`` with the reason; ``CHECKS`` assert, after a block ran, what its document
+says it does. ``test_every_block_is_run_or_listed`` and ``test_tables_have_no_stale_entries`` keep
+the tables honest. A document's first block that another document repeats word for word, on the
+same prepared inputs, runs once; the second document gets a copy of the files it wrote. Blocks run with
 ``bash -euo pipefail`` (Python blocks with this interpreter), the virtualenv's ``bin`` first on
 PATH, no GPU, and this checkout first on PYTHONPATH. All blocks are slow (``--runslow``) unless
 their document is in ``FAST_DOCS``.
@@ -47,6 +49,8 @@ BLOCK_TIMEOUT_S = 1500
 NOT_EXECUTED = [
     ("README.md", r"^pip install", "installs into the shared virtualenv and needs the network (the venv has the package)"),
     ("README.md", r"^bash scripts/run_tests\.sh", "the test suite itself, which runs this test"),
+    ("README.md", r"^bash scripts/run_demo\.sh", "the same script runs at smoke size in the Demo section's block "
+                                                "(DEMO_OUT=runs/demo_small ... bash scripts/run_demo.sh)"),
     ("docs/DATASETS.md", r"^git clone", "needs the network; a small stand-in of the same layout is prepared instead"),
     ("docs/SERVING.md", r"^docker run", "needs Docker and the tensorflow/serving image; the REST and gRPC blocks run "
                                         "against a stub server holding the same export"),
@@ -57,10 +61,9 @@ CHEAP_MODEL = ["model.backbone=mobilenetv2", "model.mobilenet_alpha=0.35", "mode
                "model.decoder_filters=16", "model.low_level_filters=8", "model.pretrained=null"]
 CHEAP_TRAIN = ["data.crop_size=[64,64]", "train.batch_size=2", "train.epochs=1", "train.steps_per_epoch=2",
                "train.validation_freq=1", "train.validation_steps=1"]
-# Environment of every block: the demo script's knobs at smoke size; GSCNN_VENV is a shim so that
-# scripts/bootstrap_venv.sh finds this interpreter and installs nothing.
-DEMO_ENV = {"DEMO_TRAIN": "4", "DEMO_VAL": "2", "DEMO_HEIGHT": "64", "DEMO_WIDTH": "128",
-            "DEMO_SET": " ".join(CHEAP_TRAIN)}
+# Environment of every block: the demo script's image size at smoke size (its block sets the rest);
+# GSCNN_VENV is a shim so that scripts/bootstrap_venv.sh finds this interpreter and installs nothing.
+DEMO_ENV = {"DEMO_HEIGHT": "64", "DEMO_WIDTH": "128"}
 
 
 def _has_torch():
@@ -112,16 +115,35 @@ SUBSTITUTIONS = [
      "2 calibration images"),
     ("docs/DEPLOYMENT.md", "python", r"\(700, 1500, 3\)", "(100, 150, 3)", "a smaller image (still tiled)"),
     ("docs/BENCHMARKS.md", "bash", r"bench_model_gpu\.py --out",
-     lambda c, r: _append_args(c, "--backbone mobilenetv2 --cases train-gscnn-float32 infer-gscnn-float32 "
-                                  "--train-size 64 64 --infer-size 64 128 --steps 1"),
-     "two cases of a small model at small sizes"),
+     lambda c, r: _append_args(c, "--backbone mobilenetv2 --cases infer-gscnn-float32 --infer-size 64 128 --steps 1"),
+     "one case of a small model at a small size (tests/test_backend_portability.py trains on JAX)"),
     ("docs/BENCHMARKS.md", "bash", r"bench_serving_memory\.py .*--sizes", lambda c, r: re.sub(
         r"(--sizes|--batch|--mixed)((?: \d+x\d+(?:x\d+)?)+)", lambda m: m.group(1) + (" 64x128" if m.group(1) == "--sizes"
                                                                                  else " 2x64x64"), c), "small requests"),
     ("docs/BENCHMARKS.md", "bash", r"bench_serving_memory\.py --config", lambda c, r: _append_args(c, "--batch --mixed"),
      "single-image requests only (its default batches are 4 x 1024x1024 of ResNet-101)"),
+    ("docs/BENCHMARKS.md", "bash", r"bench_serving_memory\.py --config configs/cityscapes_resnet101_os8\.yaml",
+     lambda c, r: c.replace("cityscapes_resnet101_os8.yaml", "cpu_demo.yaml"),
+     "the demo model (ResNet-101 takes about 30 s more to build and trace; tests/backbones builds it)"),
     ("docs/BENCHMARKS.md", "bash", r"bench_serving_memory\.py --bombs", lambda c, r: _append_args(
         c, "--sizes --batch --mixed"), "only the bombs"),
+]
+
+
+
+def _workers_agree(out, root):
+    """The two workers log one fingerprint each, equal to each other and to the chief's summary."""
+    fingerprints = re.findall(r"weights fingerprint ([0-9a-f]{16})", out)
+    assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1], fingerprints
+    with open(os.path.join(root, "runs", "demo_2workers", "train_summary.json")) as f:
+        assert json.load(f)["weights_fingerprint"] == fingerprints[0]
+
+
+# (document, regex searched in the block as written, check(output, scratch root), what the prose claims):
+# after the block succeeds, the check asserts what its document says it does.
+CHECKS = [
+    ("docs/TRAINING.md", r"--strategy multi_worker", _workers_agree,
+     "each worker logs the same weights fingerprint (the chief's train_summary.json's)"),
 ]
 
 # Commands a document's prose assumes ran before its first block (its set-up), per document.
@@ -335,6 +357,7 @@ class DocRun:
     doc: str
     root: str
     done: set = field(default_factory=set)
+    ran: list = field(default_factory=list)  # lines of the blocks that ran (or were taken from another document)
     failed: list = field(default_factory=list)
     stubs: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
@@ -402,9 +425,41 @@ def _run(argv, cwd, env, timeout):
     return proc.returncode, out
 
 
+def _written_files(root):
+    """``{relative path: mtime}`` of the regular files under ``root`` (the repository's symlinks are not followed)."""
+    found = {}
+    for top, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != ".docs_venv"]
+        for name in files:
+            path = os.path.join(top, name)
+            if not os.path.islink(path):
+                found[os.path.relpath(path, root)] = os.stat(path).st_mtime_ns
+    return found
+
+
+# A document's first block, run on the prepared inputs alone, that another document repeats word for
+# word (SERVING.md and DEPLOYMENT.md train the same demo model) runs once: (kind, script, prepared
+# inputs it names) -> (snapshot of the files it wrote, its output).
+_FIRST_BLOCK_RESULTS: dict = {}
+
+
+def _first_block_key(doc_run, block, script):
+    if doc_run.ran or PRELUDES.get(block.doc):
+        return None
+    return block.info, script, tuple(sorted(p for p in PREPARED if re.search(re.escape(p) + r"\b", script)))
+
+
 def run_block(doc_run, block, env):
     script, _ = plan(block, doc_run)
     if script is None:
+        return
+    key = _first_block_key(doc_run, block, script)
+    doc_run.ran.append(block.line)
+    if key in _FIRST_BLOCK_RESULTS:
+        snapshot, out = _FIRST_BLOCK_RESULTS[key]
+        shutil.copytree(snapshot, doc_run.root, symlinks=True, dirs_exist_ok=True)
+        print(f"--- {block.id}: the same block on the same inputs ran in another document; its files are "
+              f"copied ---\n{out[-3000:]}")
         return
     scripts = doc_run.root + ".blocks"
     os.makedirs(scripts, exist_ok=True)
@@ -412,6 +467,7 @@ def run_block(doc_run, block, env):
     with open(path, "w") as f:
         f.write(script)
     argv = [sys.executable, path] if block.info == "python" else ["bash", "-euo", "pipefail", path]
+    before = _written_files(doc_run.root) if key else None
     rc, out = _run(argv, doc_run.root, env, BLOCK_TIMEOUT_S)
     print(f"--- {block.id}: output (tail) ---\n{out[-3000:]}")  # shown with -rP
     if rc != 0:
@@ -420,6 +476,22 @@ def run_block(doc_run, block, env):
         pytest.fail(f"{block.doc}, block at line {block.line} ({block.first!r}) {what}\n"
                     f"--- the block as run (in {doc_run.root}) ---\n{script}\n--- output (tail) ---\n{out[-6000:]}",
                     pytrace=False)
+    for doc, pattern, check, claim in CHECKS:
+        if doc == block.doc and re.search(pattern, block.text):
+            try:
+                check(out, doc_run.root)
+            except AssertionError as exc:
+                doc_run.failed.append(block.id)
+                pytest.fail(f"{block.doc}, block at line {block.line}: ran, but not as the document says "
+                            f"({claim}): {exc}\n--- output (tail) ---\n{out[-6000:]}", pytrace=False)
+    if key:
+        snapshot = doc_run.root + f".line{block.line}.written"
+        for rel, mtime in _written_files(doc_run.root).items():
+            if before.get(rel) != mtime:
+                os.makedirs(os.path.dirname(os.path.join(snapshot, rel)), exist_ok=True)
+                shutil.copy2(os.path.join(doc_run.root, rel), os.path.join(snapshot, rel))
+        os.makedirs(snapshot, exist_ok=True)
+        _FIRST_BLOCK_RESULTS[key] = snapshot, out
 
 
 # ----------------------------------------------------------------------------- stub TF Serving
@@ -508,6 +580,8 @@ def doc_runs(tmp_path_factory):
         if not run.failed:  # keep a failed document's directory to look into
             shutil.rmtree(run.root, ignore_errors=True)
             shutil.rmtree(run.root + ".blocks", ignore_errors=True)
+            for line in run.ran:
+                shutil.rmtree(run.root + f".line{line}.written", ignore_errors=True)
 
 
 def _doc_run(doc_runs, tmp_path_factory, doc):
@@ -571,6 +645,8 @@ def test_tables_have_no_stale_entries():
         texts = [c for b in blocks if doc in ("*", b.doc) and (b.info == "python") == (kind == "python")
                  for c in ([b.text] if kind == "python" else [c for _, _, c in bash_commands(b.text)])]
         assert any(re.search(pattern, t, re.S) for t in texts), f"substitution ({why}) matches nothing in {doc}: {pattern}"
+    for doc, pattern, _, claim in CHECKS:
+        assert any(re.search(pattern, b.text) for b in blocks if b.doc == doc), f"check ({claim}) matches nothing in {doc}"
     for doc in PRELUDES:
         assert doc in DOCS, doc
 

@@ -32,13 +32,13 @@ def main(argv=None) -> int:
 
     tf = import_tensorflow_quietly()
     from gscnn_tf.config import load_config
-    from gscnn_tf.export.saved_model import build_serving_module
+    from gscnn_tf.export.saved_model import DEFAULT_SIGNATURE, IMAGE_TENSOR_SIGNATURE, build_serving_module
     from gscnn_tf.model import GatedSCNN
 
     config = load_config(args.config, ["model.pretrained=null"])
     module = build_serving_module(GatedSCNN(config.model, config.loss, config.dataset), config)
-    signatures = {"serving_default": module.serve_bytes.get_concrete_function(),
-                  "serve_images": module.serve_images.get_concrete_function()}
+    signatures = {DEFAULT_SIGNATURE: module.serve_bytes.get_concrete_function(),
+                  IMAGE_TENSOR_SIGNATURE: module.serve_images.get_concrete_function()}
     seconds, pb_bytes = {True: [], False: []}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.reps):

@@ -136,7 +136,6 @@ SUBSTITUTIONS = [
 ]
 
 
-
 def _workers_agree(out, root):
     """The two workers log one fingerprint each, equal to each other and to the chief's summary."""
     fingerprints = re.findall(r"weights fingerprint ([0-9a-f]{16})", out)
@@ -145,12 +144,12 @@ def _workers_agree(out, root):
         assert json.load(f)["weights_fingerprint"] == fingerprints[0]
 
 
-
 def _jax_matches_tensorflow(out, root):
     assert "Keras backend jax on cpu" in out
     assert "TensorFlow not imported" in out  # the layers and losses need no TensorFlow
     assert "| Canny edge pixels differing | 0 of" in out
     assert "MISMATCH" not in out
+
 
 # (document, regex searched in the block as written, check(output, scratch root), what the prose claims):
 # after the block succeeds, the check asserts what its document says it does.

@@ -66,40 +66,6 @@ def test_single_device_run_writes_a_complete_run_directory(synthetic_tfrecords, 
 
 
 @pytest.mark.slow
-def test_mirrored_two_replicas_with_syncbn_matches_single_device(synthetic_tfrecords, tmp_path):
-    """Same seed, same global batch (2), deterministic data and Gumbel: the losses agree.
-
-    One step per epoch, so epoch 1 logs the loss at the (identical) initial weights and
-    epoch 2 the loss after one update. Measured: epoch 1 agrees to ~1e-6 relative; after
-    one update ~1e-3 (the summed gradients differ by ~0.4 %: SyncBN's one-pass
-    E[x^2] - E[x]^2 variance vs plain BN's two-pass one in float32), and the gap grows over
-    steps, so only one update is compared.
-    """
-    import keras
-
-    from gscnn_tf.training.run import train
-
-    histories = {}
-    for strategy in ("default", "mirrored"):
-        keras.backend.clear_session()
-        cfg = tiny_experiment_config(synthetic_tfrecords, tmp_path / strategy, epochs=2, strategy=strategy,
-                                     num_cpu_devices=2 if strategy == "mirrored" else 0, steps_per_epoch=1)
-        cfg.data.deterministic = True
-        cfg.loss.gumbel_noise = False
-        cfg.data.val_pattern = ""
-        histories[strategy] = train(cfg)
-    single, mirrored = histories["default"], histories["mirrored"]
-    assert mirrored["replicas"] == 2 and single["replicas"] == 1
-    for key in ("loss",) + TERMS:
-        first_m, second_m = mirrored["history"][key]
-        first_s, second_s = single["history"][key]
-        assert first_m == pytest.approx(first_s, rel=1e-4, abs=1e-6), key
-        assert second_m == pytest.approx(second_s, rel=2e-2, abs=1e-4), key
-    # The update really happened (the comparison above is not of two identical states).
-    assert abs(single["history"]["loss"][1] - single["history"]["loss"][0]) > 1e-3
-
-
-@pytest.mark.slow
 def test_killed_run_resumes_from_its_backup_not_from_scratch(synthetic_tfrecords, tmp_path):
     cfg = tiny_experiment_config(synthetic_tfrecords, tmp_path / "run", epochs=2, backup_save_freq=2)
     cfg.train.steps_per_epoch = 5

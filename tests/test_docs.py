@@ -182,6 +182,57 @@ def _mirrored_matches_one_device(out, root):
     assert abs(float(single[1]["loss"]) - float(single[0]["loss"])) > 1e-1
 
 
+def _one_plain_line_per_epoch(out, root):
+    """Output to a pipe (not a terminal): no progress bar, one line per epoch for each of the two runs."""
+    for char in ("\x1b", "\r", "\b"):
+        assert char not in out, repr(out[:500])
+    lines = re.findall(r"^epoch \d+/\d+ - .*$", out, re.M)
+    assert [line.split(" - ")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"] * 2, lines
+    for line in lines:
+        assert re.search(r" - \d+(\.\d)? s - ", line) and " - loss: " in line and " - val_miou: " in line, line
+
+
+def _run_directory_complete(out, root):
+    """runs/demo after TRAINING.md's blocks (2 epochs of 1 step, resumed to 3): every file the page lists,
+    one finite CSV row per epoch whose total is the weighted sum of its terms, TensorBoard scalars and
+    images, model.keras equal to the last weights, no temporary file."""
+    import keras
+
+    from gscnn_tf.config import load_config
+    from gscnn_tf.training.checkpoints import load_inference_model
+
+    run = os.path.join(root, "runs", "demo")
+    for name in ("config.yaml", "checkpoints/best.weights.h5", "checkpoints/last.weights.h5", "model.keras",
+                 "training_log.csv", "train_summary.json", "backup/latest.json"):
+        assert os.path.isfile(os.path.join(run, name)), name
+    with open(os.path.join(run, "train_summary.json")) as f:
+        summary = json.load(f)
+    assert (summary["epochs"], summary["steps_per_epoch"], summary["global_step"], summary["resumed_from_step"]) == (
+        3, 1, 3, 2), summary
+    import csv
+
+    with open(os.path.join(run, "training_log.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2], rows
+    terms = ("loss_seg", "loss_edge_bce", "loss_attention", "loss_dual_task")
+    for key in ("loss", "miou", "val_loss", "val_miou") + terms + tuple("val_" + t for t in terms):
+        assert all(np.isfinite(float(r[key])) for r in rows), key
+    w = load_config(os.path.join(run, "config.yaml")).loss
+    last = {k: float(v) for k, v in rows[-1].items()}
+    weighted = (w.seg_weight * last["loss_seg"] + w.edge_weight * last["loss_edge_bce"]
+                + w.attention_weight * last["loss_attention"] + w.dual_task_weight * last["loss_dual_task"])
+    assert last["loss"] == pytest.approx(weighted, rel=1e-3), (last, weighted)
+    logs = os.path.join(run, "logs")
+    assert any(n.startswith("events") for _, _, files in os.walk(logs) for n in files)
+    assert any(n.startswith("events") for n in os.listdir(os.path.join(logs, "images")))
+    x = np.random.default_rng(0).uniform(0, 255, size=(1, 64, 96, 3)).astype(np.float32)
+    outputs = [keras.ops.convert_to_numpy(load_inference_model(os.path.join(run, name))[0](x)["seg_logits"])
+               for name in ("model.keras", "checkpoints/last.weights.h5")]
+    keras.backend.clear_session(free_memory=False)
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)
+    assert not [n for _, dirs, files in os.walk(run) for n in dirs + files if ".tmp" in n]
+
+
 def _official_imported_and_exported(out, root):
     """All 313 tensors of the (fake, random) official checkpoint are mapped, and the exporter verified
     the reloaded SavedModel against the imported model (tests/checkpoint_import compares that model
@@ -209,6 +260,10 @@ CHECKS = [
      "the JAX backend, without TensorFlow, reproduces the TensorFlow reference"),
     ("docs/TRAINING.md", r"--strategy mirrored --num-cpu-devices 2", _mirrored_matches_one_device,
      "one device and two mirrored replicas with SyncBN compute the same loss for the same global batch"),
+    ("docs/TRAINING.md", r"--strategy mirrored --num-cpu-devices 2", _one_plain_line_per_epoch,
+     "one line per epoch when stdout is not a terminal"),
+    ("docs/TRAINING.md", r"cat runs/demo/training_log\.csv", _run_directory_complete,
+     "the run directory holds what the page lists and the CSV one row per epoch with the loss and its four terms"),
     ("docs/TRAINING.md", r"--strategy multi_worker", _workers_agree,
      "each worker logs the same weights fingerprint (the chief's train_summary.json's)"),
 ]

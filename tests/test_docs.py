@@ -19,6 +19,7 @@ PATH, no GPU, and this checkout first on PYTHONPATH. All blocks are slow (``--ru
 their document is in ``FAST_DOCS``.
 """
 import base64
+import csv
 import http.server
 import importlib.util
 import json
@@ -61,6 +62,12 @@ CHEAP_MODEL = ["model.backbone=mobilenetv2", "model.mobilenet_alpha=0.35", "mode
                "model.decoder_filters=16", "model.low_level_filters=8", "model.pretrained=null"]
 CHEAP_TRAIN = ["data.crop_size=[64,64]", "train.batch_size=2", "train.epochs=1", "train.steps_per_epoch=2",
                "train.validation_freq=1", "train.validation_steps=1"]
+# training_log.csv's loss columns: the total and its four terms (written here, not taken from the package,
+# so that a term the package stopped logging fails the checks).
+LOSS_COLUMNS = ("loss", "loss_seg", "loss_edge_bce", "loss_attention", "loss_dual_task")
+# The fake official checkpoint's random weights: the golden file's seed, so the imported model's outputs are known.
+FAKE_OFFICIAL_SEED = 0
+GOLDEN = os.path.join(REPO, "tests", "golden", "official_golden.npz")
 # TRAINING.md's one-device and mirrored runs: deterministic, 2 epochs of 1 step (appended after the cheap settings).
 SAME_LOSS_SETS = ["data.deterministic=true", "loss.gumbel_noise=false", "train.steps_per_epoch=1", "train.epochs=2"]
 # Environment of every block: the demo script's image size at smoke size (its block sets the rest);
@@ -163,8 +170,6 @@ def _mirrored_matches_one_device(out, root):
     after one update the total loss within 0.8 %, the terms within 5 % (the small dual-task term,
     0.011 absolute). A loss not normalised by the global pixel count would differ by 2x at epoch 1,
     a gradient summed instead of averaged over replicas by about 5 % at epoch 2."""
-    import csv
-
     logs, replicas = {}, {}
     for run in ("demo", "demo_mirrored"):
         with open(os.path.join(root, "runs", run, "training_log.csv")) as f:
@@ -174,7 +179,7 @@ def _mirrored_matches_one_device(out, root):
     assert replicas == {"demo": 1, "demo_mirrored": 2}, replicas
     single, mirrored = logs["demo"], logs["demo_mirrored"]
     assert len(single) == len(mirrored) == 2, (single, mirrored)
-    for key in ("loss", "loss_seg", "loss_edge_bce", "loss_attention", "loss_dual_task"):
+    for key in LOSS_COLUMNS:
         (first_s, second_s), (first_m, second_m) = ([float(r[key]) for r in log] for log in (single, mirrored))
         assert first_m == pytest.approx(first_s, rel=1e-3, abs=1e-5), (key, "epoch 1")
         if key == "loss":
@@ -212,13 +217,10 @@ def _run_directory_complete(out, root):
         summary = json.load(f)
     assert (summary["epochs"], summary["steps_per_epoch"], summary["global_step"], summary["resumed_from_step"]) == (
         3, 1, 3, 2), summary
-    import csv
-
     with open(os.path.join(run, "training_log.csv")) as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2], rows
-    terms = ("loss_seg", "loss_edge_bce", "loss_attention", "loss_dual_task")
-    for key in ("loss", "miou", "val_loss", "val_miou") + terms + tuple("val_" + t for t in terms):
+    for key in LOSS_COLUMNS + ("miou", "val_miou") + tuple("val_" + c for c in LOSS_COLUMNS):
         assert all(np.isfinite(float(r[key])) for r in rows), key
     w = load_config(os.path.join(run, "config.yaml")).loss
     last = {k: float(v) for k, v in rows[-1].items()}
@@ -237,14 +239,21 @@ def _run_directory_complete(out, root):
 
 
 def _official_imported_and_exported(out, root):
-    """All 313 tensors of the (fake, random) official checkpoint are mapped, and the exporter verified
-    the reloaded SavedModel against the imported model (tests/checkpoint_import compares that model
-    with the official network's outputs on the same weights)."""
+    """All 313 tensors of the (fake, random) official checkpoint are mapped, the exporter verified the
+    reloaded SavedModel, and its ``serving_image_tensor`` signature gives the official network's classes
+    on the golden image (the fake checkpoint has the golden file's weights)."""
+    import tensorflow as tf
+
     with open(os.path.join(root, "runs", "gscnn_wrn38_official", "import_info.json")) as f:
         assert json.load(f)["mapped_tensors"] == 313
     assert re.search(r"verified the reloaded SavedModel on [1-9]\d* image", out), "the export was not verified"
     export = os.path.join(root, "runs", "gscnn_wrn38_official_export")
-    assert any(os.path.isfile(os.path.join(export, v, "saved_model.pb")) for v in os.listdir(export) if v.isdigit())
+    version = max(int(v) for v in os.listdir(export) if v.isdigit())
+    with np.load(GOLDEN) as golden:
+        assert json.loads(str(golden["meta"]))["seed"] == FAKE_OFFICIAL_SEED
+        image, want = golden["image_64x128"], golden["seg_64x128"].argmax(-1)
+    serve = tf.saved_model.load(os.path.join(export, str(version))).signatures["serving_image_tensor"]
+    np.testing.assert_array_equal(serve(images=tf.constant(image[None]))["classes"][0].numpy(), want)
 
 
 def _jax_matches_tensorflow(out, root):
@@ -337,7 +346,7 @@ def _official_checkpoint(path):
     """Random weights in the official layout, as the released training snapshot holds them."""
     from gscnn_tf.checkpoint_import.official_layout import random_official_state_dict
 
-    state = {f"module.{k}": v for k, v in random_official_state_dict(0).items()}
+    state = {f"module.{k}": v for k, v in random_official_state_dict(FAKE_OFFICIAL_SEED).items()}
     if path.endswith(".npz"):
         np.savez(path, **state)
         return

@@ -200,7 +200,8 @@ def test_cli_fails_cleanly_and_writes_nothing(tmp_path, capsys):
 def test_cli_run_directory_evaluates_like_the_official_network(tmp_path, golden):
     """A training snapshot (.npz) -> import CLI -> run directory -> load_inference_model: seg and edge
     within 1e-4 of the official network's max, Canny identical. (README's official-checkpoint block,
-    run by tests/test_docs.py, exports such a run and the exporter verifies the reloaded SavedModel.)"""
+    run by tests/test_docs.py, exports such a run; its check compares the SavedModel's classes with the
+    golden file's.)"""
     from gscnn_tf.checkpoint_import.official_layout import random_official_state_dict
     from gscnn_tf.cli import import_official as cli
     from gscnn_tf.training.checkpoints import BEST_WEIGHTS, load_inference_model
